@@ -1,0 +1,258 @@
+"""The HTTP surface: spiff-arena's connector-proxy routes, built by `create_app`."""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import envelope
+from gateway.errors import BodyTooLarge, CommandNotFound, ConnectorError, InvalidBody, RequestError
+from gateway.params import prepare_payload
+from gateway.registry import Registry, load_registry
+from gateway.runner import run_command
+from gateway.settings import API_KEY_HEADER, Settings
+
+logger = logging.getLogger("gateway")
+access_logger = logging.getLogger("gateway.access")
+
+UNAUTHORIZED = {"error": "Unauthorized"}
+
+
+def create_app(
+    settings: Settings, registry: Registry | None = None, environ: Mapping[str, str] | None = None
+) -> Starlette:
+    """The gateway as an ASGI app. `environ` is where manifests' inherit_env reads from."""
+    if registry is None:
+        registry = load_registry(settings.manifest_dirs, settings.default_timeout)
+        log_registry(registry)
+
+    app = Starlette(
+        routes=[
+            Route("/liveness", liveness),
+            Route("/v1/liveness", liveness),
+            Route("/v1/commands", list_commands),
+            Route("/v1/auths", list_auths),
+            Route("/v1/do/{connector}/{command}", do_command, methods=["POST"]),
+            Route("/v1/do/{rest:path}", unknown_command, methods=["POST"]),
+            Route("/v1/auth/{connector}/{auth}", start_auth),
+        ],
+        middleware=[
+            Middleware(AccessLog),
+            Middleware(ApiKeyCheck, api_key=settings.api_key),
+        ],
+        exception_handlers={RequestError: request_error, HTTPException: http_error},
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.environ = os.environ if environ is None else environ
+    return app
+
+
+def log_registry(registry: Registry) -> None:
+    for manifest in registry.manifests:
+        logger.info("Loaded manifest '%s': %d commands", manifest.path, len(manifest.commands))
+        for warning in manifest.warnings:
+            logger.warning("Manifest '%s': %s", manifest.path, warning)
+    for failure in registry.failures:
+        logger.error("%s\nThis manifest is skipped; the others are served.", failure)
+    logger.info("Serving %d commands and %d auth handlers", len(registry.commands), len(registry.auths))
+
+
+async def liveness(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+async def list_commands(request: Request) -> Response:
+    return Response(request.app.state.registry.commands_json, media_type="application/json")
+
+
+async def list_auths(request: Request) -> Response:
+    return Response(request.app.state.registry.auths_json, media_type="application/json")
+
+
+async def do_command(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    registry: Registry = request.app.state.registry
+    connector, name = request.path_params["connector"], request.path_params["command"]
+    request.state.command = f"{connector}/{name}"
+
+    command = registry.find(connector, name)
+    if command is None:
+        raise _not_found(f"{connector}/{name}")
+    body = await _read_json_object(request, settings.max_body_bytes)
+    payload = prepare_payload(command, body)
+    stdin = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+    request_id: str = request.state.request_id
+    try:
+        finished = await run_command(command, stdin, request_id, settings.limits, request.app.state.environ)
+        answer = envelope.from_output(finished, command.id)
+    except ConnectorError as error:
+        logger.warning("[%s] %s failed: %s %s", request_id, command.id, error.code, error.message)
+        request.state.error_code = error.code
+        answer = envelope.failure(error)
+    else:
+        if answer["error"] is not None:
+            request.state.error_code = answer["error"].get("error_code")
+    return JSONResponse(answer)
+
+
+async def unknown_command(request: Request) -> Response:
+    raise _not_found(request.path_params["rest"])
+
+
+async def start_auth(request: Request) -> Response:
+    auth_id = f"{request.path_params['connector']}/{request.path_params['auth']}"
+    registry: Registry = request.app.state.registry
+    if auth_id not in registry.auths:
+        return _page(404, "Unknown authentication handler", f"No handler '{auth_id}' is declared here.")
+    return _page(
+        501,
+        "Sign-in not supported yet",
+        f"The handler '{auth_id}' is declared, but this gateway does not run browser sign-in flows yet. "
+        "Store the token set in Arena as a secret by hand for now.",
+    )
+
+
+async def request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    request.state.error_code = exc.code
+    return JSONResponse(envelope.protocol_error(exc), status_code=exc.status)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    body = {"command_response": {}, "error": {"error_code": code, "message": exc.detail}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _not_found(command_id: str) -> CommandNotFound:
+    return CommandNotFound(f"No command '{command_id}' is served here; GET /v1/commands lists the commands.")
+
+
+async def _read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise _too_large(limit)
+
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidBody("The request body is nested too deeply.") from None
+    except ValueError as exc:
+        raise InvalidBody(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise InvalidBody(f"The request body must be a JSON object of parameters, got {_kind(body)}.")
+    return body
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"The request body is larger than the gateway's limit of {limit} bytes.")
+
+
+def _kind(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _page(status: int, title: str, text: str) -> HTMLResponse:
+    content = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title></head>"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>"
+    )
+    return HTMLResponse(content, status_code=status)
+
+
+class ApiKeyCheck:
+    """Arena's shared secret: every /v1 route but liveness and the browser's auth route needs it."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.api_key is None or scope["type"] != "http" or not _gated(scope):
+            await self.app(scope, receive, send)
+            return
+        sent = [
+            value
+            for name, value in scope["headers"]
+            if name.decode("latin-1").lower() == API_KEY_HEADER.lower()
+        ]
+        if len(sent) == 1 and hmac.compare_digest(sent[0], self.api_key):
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["error_code"] = "unauthorized"
+        await JSONResponse(UNAUTHORIZED, status_code=401)(scope, receive, send)
+
+
+def _gated(scope: Scope) -> bool:
+    path: str = scope["path"]
+    if scope["method"] == "OPTIONS" or path in ("/liveness", "/v1/liveness"):
+        return False
+    return path.startswith("/v1/") and not path.startswith("/v1/auth/")
+
+
+class AccessLog:
+    """One line per request: request id, method, path, status, command, error code, duration."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            access_logger.info(
+                "%s %s %s %d command=%s error=%s %.1fms",
+                request_id,
+                scope["method"],
+                scope["path"],
+                status,
+                state.get("command", "-"),
+                state.get("error_code", "-"),
+                (time.perf_counter() - started) * 1000,
+            )

@@ -1,0 +1,168 @@
+"""The answers spiff-arena reads: version 2 envelopes and the minimal protocol error.
+
+A connector's stdout becomes an envelope here: an envelope it printed itself is
+checked and passed on, any other JSON value becomes the body, other text is
+wrapped as `raw_response`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from functools import cache
+from typing import Any
+
+import jsonschema
+
+from gateway.errors import (
+    ConnectorCrashed,
+    ConnectorError,
+    ConnectorFailed,
+    ConnectorUnavailable,
+    InvalidOutput,
+    RequestError,
+)
+from gateway.runner import Finished
+
+JSON_MIMETYPE = "application/json"
+EX_TEMPFAIL = 75
+
+# The published protocol's ConnectorProxyResponseV2, which every dispatched answer must satisfy.
+_ENVELOPE_SCHEMA = {
+    "type": "object",
+    "required": ["command_response", "command_response_version", "error", "spiff__logs"],
+    "properties": {
+        "command_response": {
+            "type": "object",
+            "required": ["body", "mimetype"],
+            "properties": {
+                "mimetype": {"type": "string", "minLength": 1},
+                "http_status": {"type": "integer", "minimum": 100, "maximum": 599},
+                "headers": {"type": "object"},
+            },
+        },
+        "command_response_version": {"const": 2},
+        "error": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["error_code", "message"],
+                    "properties": {
+                        "error_code": {"type": "string", "minLength": 1},
+                        "message": {"type": "string"},
+                    },
+                },
+                {"type": "null"},
+            ]
+        },
+        "spiff__logs": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
+def success(body: Any, logs: list[str], http_status: int = 200) -> dict[str, Any]:
+    return {
+        "command_response": {
+            "body": body,
+            "mimetype": JSON_MIMETYPE,
+            "http_status": http_status,
+            "headers": {},
+        },
+        "command_response_version": 2,
+        "error": None,
+        "spiff__logs": logs,
+    }
+
+
+def failure(error: ConnectorError) -> dict[str, Any]:
+    """A dispatched command that failed: outer 200, the inner status says whether a retry can help."""
+    return {
+        "command_response": {
+            "body": {},
+            "mimetype": JSON_MIMETYPE,
+            "http_status": error.status,
+            "headers": {},
+        },
+        "command_response_version": 2,
+        "error": {"error_code": error.code, "message": error.message},
+        "spiff__logs": error.logs,
+    }
+
+
+def protocol_error(error: RequestError) -> dict[str, Any]:
+    """A request refused before dispatch: the minimal form, sent with a non-2xx outer status."""
+    return {"command_response": {}, "error": {"error_code": error.code, "message": error.message}}
+
+
+def from_output(finished: Finished, command_id: str) -> dict[str, Any]:
+    """The envelope for a finished process, or a ConnectorError saying why there is none."""
+    logs = finished.stderr.logs()
+    _check_exit(finished, command_id, logs)
+
+    text = finished.stdout.decode("utf-8", errors="replace")
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return success({"raw_response": text}, logs)
+
+    if isinstance(value, dict) and "command_response_version" in value:
+        return _connector_envelope(value, logs, command_id)
+    return success(value, logs)
+
+
+def _check_exit(finished: Finished, command_id: str, logs: list[str]) -> None:
+    code = finished.returncode
+    if code == 0:
+        return
+    tail = _stderr_tail(finished)
+    if code < 0:
+        raise ConnectorCrashed(
+            f"The connector for '{command_id}' was killed by {_signal_name(-code)}.{tail}", logs
+        )
+    if code == EX_TEMPFAIL:
+        raise ConnectorUnavailable(
+            f"The connector for '{command_id}' reported a temporary failure (exit status 75).{tail}", logs
+        )
+    raise ConnectorFailed(f"The connector for '{command_id}' exited with status {code}.{tail}", logs)
+
+
+def _connector_envelope(value: dict[str, Any], logs: list[str], command_id: str) -> dict[str, Any]:
+    envelope = dict(value)
+    envelope.setdefault("error", None)
+    envelope["spiff__logs"] = [*envelope.get("spiff__logs", []), *logs]
+    response = envelope.get("command_response")
+    if isinstance(response, dict):
+        envelope["command_response"] = {"mimetype": JSON_MIMETYPE, **response}
+
+    problems = sorted(_envelope_validator().iter_errors(envelope), key=lambda e: list(map(str, e.path)))
+    if problems:
+        details = "; ".join(f"{_path(problem.absolute_path)}: {problem.message}" for problem in problems[:5])
+        raise InvalidOutput(
+            f"The connector for '{command_id}' printed an invalid version 2 envelope: {details}.", logs
+        )
+    return envelope
+
+
+@cache
+def _envelope_validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(_ENVELOPE_SCHEMA)
+
+
+def _stderr_tail(finished: Finished) -> str:
+    tail = [line for line in finished.stderr.tail if line.strip()]
+    return f" Its last stderr lines: {' | '.join(tail)}" if tail else " It wrote nothing on stderr."
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _path(parts: Any) -> str:
+    return ".".join(str(part) for part in parts) or "(top level)"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -1,0 +1,359 @@
+"""Manifests: the YAML files that describe a connector, its commands and how to run them.
+
+A manifest is checked against `manifest.schema.json` and then for what a schema
+cannot say (duplicates, defaults of the wrong type, executables that do not
+exist). Every problem is collected and reported at once with its location.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import yaml
+
+from gateway.params import ParamType, json_type_name, matches_type
+
+SpiffKeys = Literal["all", "none"] | frozenset[str]
+
+PYTHON_PLACEHOLDER = "{python}"
+
+# Arena gives up on a synchronous call after 45 s and may retry while the first run goes on.
+ARENA_TIMEOUT = 45.0
+
+
+@dataclass(frozen=True)
+class Parameter:
+    id: str
+    type: ParamType
+    required: bool = False
+    description: str | None = None
+    has_default: bool = False
+    default: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        """The parameter as listed by discovery: the protocol's fields, then descriptive ones."""
+        described: dict[str, Any] = {"id": self.id, "type": self.type, "required": self.required}
+        if self.description is not None:
+            described["description"] = self.description
+        if self.has_default:
+            described["default"] = self.default
+        return described
+
+
+@dataclass(frozen=True)
+class Command:
+    connector: str
+    name: str
+    source: Path
+    argv: tuple[str, ...]
+    timeout: float
+    parameters: tuple[Parameter, ...] = ()
+    description: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    inherit_env: tuple[str, ...] = ()
+    spiff_keys: SpiffKeys = "all"
+
+    @property
+    def id(self) -> str:
+        return f"{self.connector}/{self.name}"
+
+    @property
+    def workdir(self) -> Path:
+        return self.source.parent
+
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {"id": self.id, "parameters": [p.describe() for p in self.parameters]}
+        if self.description is not None:
+            described["description"] = self.description
+        return described
+
+
+@dataclass(frozen=True)
+class Auth:
+    connector: str
+    name: str
+    source: Path
+    parameters: tuple[Parameter, ...] = ()
+    description: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.connector}/{self.name}"
+
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {"id": self.id, "parameters": [p.describe() for p in self.parameters]}
+        if self.description is not None:
+            described["description"] = self.description
+        return described
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    connector: str
+    commands: tuple[Command, ...]
+    auths: tuple[Auth, ...] = ()
+    description: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+class ManifestError(Exception):
+    """A manifest that cannot be served, with every problem found in it."""
+
+    def __init__(self, path: Path, problems: Sequence[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        listed = "\n".join(f"  - {problem}" for problem in self.problems)
+        return f"Manifest '{self.path}' is invalid:\n{listed}"
+
+
+def load_manifest(path: Path, default_timeout: float) -> Manifest:
+    """Read and check one manifest file; raise ManifestError listing every problem."""
+    document = _read_yaml(path)
+
+    problems = _schema_problems(document)
+    if problems:
+        raise ManifestError(path, problems)
+
+    return _Builder(path, document, default_timeout).build()
+
+
+def manifest_schema() -> dict[str, Any]:
+    return dict(_schema())
+
+
+@cache
+def _schema() -> dict[str, Any]:
+    text = resources.files("gateway").joinpath("manifest.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(_schema())
+
+
+def _schema_problems(document: Any) -> list[str]:
+    errors = sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"{_location(error.absolute_path)}: {_schema_message(error)}" for error in errors]
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "pattern" and isinstance(error.instance, str):
+        return f"{error.instance!r} is not an allowed name (letters, digits, '_', '.', '-'; no '..', no '/')"
+    if error.validator == "not" and isinstance(error.instance, str):
+        return f"{error.instance!r} is not an allowed name"
+    return error.message
+
+
+def _location(path: Sequence[str | int] | Any) -> str:
+    location = ""
+    for part in path:
+        location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
+    return location or "(top level)"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key written twice in one mapping instead of keeping the last."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice (line {line})")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(path, [f"cannot be read: {exc}"]) from exc
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ManifestError(path, [f"is not valid YAML: {_yaml_message(exc)}"]) from exc
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return str(problem)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+
+
+class _Builder:
+    """Turns a schema-valid document into a Manifest, collecting what the schema cannot check."""
+
+    def __init__(self, path: Path, document: dict[str, Any], default_timeout: float) -> None:
+        self.path = path
+        self.document = document
+        self.default_timeout = default_timeout
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def build(self) -> Manifest:
+        connector = self.document["connector"]
+        defaults = self.document.get("defaults", {})
+        commands = self._commands(connector, defaults)
+        auths = self._auths(connector)
+        if self.problems:
+            raise ManifestError(self.path, self.problems)
+        return Manifest(
+            path=self.path,
+            connector=connector,
+            commands=commands,
+            auths=auths,
+            description=self.document.get("description"),
+            warnings=tuple(self.warnings),
+        )
+
+    def _commands(self, connector: str, defaults: dict[str, Any]) -> tuple[Command, ...]:
+        commands = []
+        self._check_unique_names("commands", self.document["commands"])
+        for index, raw in enumerate(self.document["commands"]):
+            where = f"commands[{index}] ({raw['name']})"
+            settings = {**defaults, **raw}
+            argv = self._argv(where, settings.get("run"))
+            timeout = float(settings.get("timeout", self.default_timeout))
+            if timeout >= ARENA_TIMEOUT:
+                self.warnings.append(
+                    f"{where}.timeout: {timeout:g} s is at or above Arena's own limit of 45 s; Arena may "
+                    "give up and retry while the first run goes on. Keep synchronous commands well under 45 s."
+                )
+            commands.append(
+                Command(
+                    connector=connector,
+                    name=raw["name"],
+                    source=self.path,
+                    argv=argv,
+                    timeout=timeout,
+                    parameters=self._parameters(where, raw.get("parameters", [])),
+                    description=raw.get("description"),
+                    env=dict(settings.get("env", {})),
+                    inherit_env=tuple(settings.get("inherit_env", ())),
+                    spiff_keys=_spiff_keys(settings.get("spiff_keys", "all")),
+                )
+            )
+        return tuple(commands)
+
+    def _auths(self, connector: str) -> tuple[Auth, ...]:
+        raw_auths = self.document.get("auths", [])
+        self._check_unique_names("auths", raw_auths)
+        return tuple(
+            Auth(
+                connector=connector,
+                name=raw["name"],
+                source=self.path,
+                parameters=self._parameters(f"auths[{index}] ({raw['name']})", raw.get("parameters", [])),
+                description=raw.get("description"),
+            )
+            for index, raw in enumerate(raw_auths)
+        )
+
+    def _check_unique_names(self, section: str, items: list[dict[str, Any]]) -> None:
+        seen: dict[str, int] = {}
+        for index, item in enumerate(items):
+            name = item["name"]
+            if name in seen:
+                self.problems.append(
+                    f"{section}[{index}].name: {name!r} is already used by {section}[{seen[name]}]"
+                )
+            seen.setdefault(name, index)
+
+    def _parameters(self, where: str, raw_parameters: list[dict[str, Any]]) -> tuple[Parameter, ...]:
+        parameters = []
+        seen: set[str] = set()
+        for index, raw in enumerate(raw_parameters):
+            at = f"{where}.parameters[{index}] ({raw['id']})"
+            if raw["id"] in seen:
+                self.problems.append(f"{at}.id: parameter {raw['id']!r} is declared twice")
+            seen.add(raw["id"])
+            parameter = Parameter(
+                id=raw["id"],
+                type=raw["type"],
+                required=raw.get("required", False),
+                description=raw.get("description"),
+                has_default="default" in raw,
+                default=raw.get("default"),
+            )
+            self._check_default(at, parameter)
+            parameters.append(parameter)
+        return tuple(parameters)
+
+    def _check_default(self, at: str, parameter: Parameter) -> None:
+        if not parameter.has_default:
+            return
+        if parameter.required:
+            self.problems.append(
+                f"{at}.default: a required parameter cannot have a default; drop one of them"
+            )
+        elif parameter.default is None:
+            self.problems.append(
+                f"{at}.default: null is not a default (null counts as absent); drop the line"
+            )
+        elif not matches_type(parameter.default, parameter.type):
+            self.problems.append(
+                f"{at}.default: must be a {parameter.type}, got {json_type_name(parameter.default)} "
+                f"{parameter.default!r}"
+            )
+
+    def _argv(self, where: str, run: list[str] | None) -> tuple[str, ...]:
+        if run is None:
+            self.problems.append(f"{where}.run: missing; set it on the command or under defaults")
+            return ()
+        executable = _resolve_executable(run[0], self.path.parent)
+        if isinstance(executable, _Unresolved):
+            self.problems.append(f"{where}.run[0]: {executable.reason}")
+            return ()
+        return (executable, *run[1:])
+
+
+@dataclass(frozen=True)
+class _Unresolved:
+    reason: str
+
+
+def _resolve_executable(name: str, base: Path) -> str | _Unresolved:
+    """Resolve argv[0] once, at load time, to an absolute path that can be executed."""
+    if name == PYTHON_PLACEHOLDER:
+        return sys.executable
+    if "/" not in name:
+        found = shutil.which(name)
+        return found if found else _Unresolved(f"executable {name!r} was not found on PATH")
+    path = (base / name).resolve()
+    if not path.is_file():
+        return _Unresolved(f"executable {name!r} does not exist (looked for {path})")
+    if not os.access(path, os.X_OK):
+        return _Unresolved(f"{name!r} is not executable; run: chmod +x {path}")
+    return str(path)
+
+
+def _spiff_keys(raw: str | list[str]) -> SpiffKeys:
+    if raw == "all":
+        return "all"
+    if raw == "none":
+        return "none"
+    return frozenset(raw)

@@ -1,0 +1,95 @@
+"""The registry: every command and auth handler loaded from the manifest directories.
+
+A bad manifest is reported and skipped; it never hides the others. The
+discovery answers are serialized once per load, not once per request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.manifest import Auth, Command, Manifest, ManifestError, load_manifest
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class Registry:
+    commands: dict[str, Command] = field(default_factory=dict)
+    auths: dict[str, Auth] = field(default_factory=dict)
+    manifests: tuple[Manifest, ...] = ()
+    failures: tuple[ManifestError, ...] = ()
+    commands_json: bytes = b"[]"
+    auths_json: bytes = b"[]"
+
+    def find(self, connector: str, command: str) -> Command | None:
+        return self.commands.get(f"{connector}/{command}")
+
+
+def manifest_files(directories: Iterable[Path]) -> list[Path]:
+    """The manifest files of each directory in turn, by name; hidden files (editors' temporaries) skipped."""
+    files: list[Path] = []
+    for directory in directories:
+        if not directory.is_dir():
+            raise NotADirectoryError(
+                f"Manifest directory '{directory}' does not exist or is not a directory."
+            )
+        files.extend(
+            sorted(
+                path
+                for path in directory.iterdir()
+                if path.suffix in MANIFEST_SUFFIXES and not path.name.startswith(".") and path.is_file()
+            )
+        )
+    return files
+
+
+def load_registry(directories: Sequence[Path], default_timeout: float) -> Registry:
+    """Load every manifest; the first file to claim a command id keeps it, a later claimant is rejected."""
+    commands: dict[str, Command] = {}
+    auths: dict[str, Auth] = {}
+    manifests: list[Manifest] = []
+    failures: list[ManifestError] = []
+
+    for path in manifest_files(directories):
+        try:
+            manifest = load_manifest(path, default_timeout)
+            _check_conflicts(manifest, commands, auths)
+        except ManifestError as error:
+            failures.append(error)
+            continue
+        manifests.append(manifest)
+        commands.update((command.id, command) for command in manifest.commands)
+        auths.update((auth.id, auth) for auth in manifest.auths)
+
+    return Registry(
+        commands=commands,
+        auths=auths,
+        manifests=tuple(manifests),
+        failures=tuple(failures),
+        commands_json=_catalog(commands.values()),
+        auths_json=_catalog(auths.values()),
+    )
+
+
+def _check_conflicts(manifest: Manifest, commands: dict[str, Command], auths: dict[str, Auth]) -> None:
+    problems = [
+        f"command '{command.id}' is already served by '{commands[command.id].source}'"
+        for command in manifest.commands
+        if command.id in commands
+    ]
+    problems += [
+        f"auth '{auth.id}' is already served by '{auths[auth.id].source}'"
+        for auth in manifest.auths
+        if auth.id in auths
+    ]
+    if problems:
+        raise ManifestError(manifest.path, problems)
+
+
+def _catalog(entries: Iterable[Command | Auth]) -> bytes:
+    described = [entry.describe() for entry in sorted(entries, key=lambda entry: entry.id)]
+    return json.dumps(described, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,256 @@
+"""Running a connector executable: one process per request, bounded in time and output.
+
+The child runs without a shell, in a new session (so its whole process group can
+be stopped), with an environment built from scratch. Its stdin is written while
+stdout and stderr are read, so no pipe can deadlock the other; once the child
+exits, whatever is left of its process group is killed so that a grandchild
+holding a pipe cannot keep the request open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.errors import ConnectorStartFailed, ConnectorTimeout, OutputTooLarge
+from gateway.manifest import Command
+
+logger = logging.getLogger("gateway.connector")
+
+PROTOCOL_VERSION = "1"
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Variables that say nothing secret and that many programs need to behave.
+PASSED_THROUGH = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+_READ_CHUNK = 64 * 1024
+_TAIL_LINES = 5
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_stdout_bytes: int = 16 * 1024 * 1024
+    max_stderr_lines: int = 100
+    max_stderr_line_chars: int = 2000
+    # How long a child may take to exit after SIGTERM before it gets SIGKILL.
+    kill_grace: float = 1.0
+    # How long pipes may stay open after the child exited (a grandchild in another session).
+    drain_timeout: float = 0.5
+
+
+@dataclass
+class Finished:
+    returncode: int
+    stdout: bytes
+    stderr: StderrLines
+
+
+@dataclass
+class StderrLines:
+    """A connector's stderr as bounded lines: the first ones kept for logs, the last few for errors."""
+
+    max_lines: int
+    max_chars: int
+    request_id: str
+    command_id: str
+    lines: list[str] = field(default_factory=list)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
+    dropped: int = 0
+    _partial: bytearray = field(default_factory=bytearray)
+    _partial_cut: bool = False
+
+    def feed(self, chunk: bytes) -> None:
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            self._extend_partial(chunk[start:end])
+            self._finish_line()
+            start = end + 1
+        self._extend_partial(chunk[start:])
+
+    def close(self) -> None:
+        if self._partial or self._partial_cut:
+            self._finish_line()
+
+    def logs(self) -> list[str]:
+        if self.dropped:
+            return [*self.lines, f"({self.dropped} more stderr lines not shown)"]
+        return list(self.lines)
+
+    def _extend_partial(self, piece: bytes) -> None:
+        # Four bytes per character at most: enough to cut at max_chars after decoding.
+        room = self.max_chars * 4 - len(self._partial)
+        if len(piece) > room:
+            self._partial_cut = True
+        self._partial += piece[: max(room, 0)]
+
+    def _finish_line(self) -> None:
+        line = self._partial.decode("utf-8", errors="replace").rstrip("\r")
+        if self._partial_cut or len(line) > self.max_chars:
+            line = line[: self.max_chars] + " [cut]"
+        self._partial.clear()
+        self._partial_cut = False
+
+        self.tail.append(line)
+        if len(self.lines) < self.max_lines:
+            self.lines.append(line)
+            logger.info("[%s] %s stderr: %s", self.request_id, self.command_id, line)
+        else:
+            self.dropped += 1
+
+
+def child_environment(
+    command: Command, request_id: str, deadline: float, source: Mapping[str, str]
+) -> dict[str, str]:
+    """The child's whole environment: a few harmless basics, the request's metadata, the manifest's own."""
+    env = {name: source[name] for name in PASSED_THROUGH if name in source}
+    env.setdefault("LANG", "C.UTF-8")
+    env["PATH"] = DEFAULT_PATH
+    env.update({name: source[name] for name in command.inherit_env if name in source})
+    env.update(command.env)
+    env.update(
+        CONNECTOR_PROTOCOL=PROTOCOL_VERSION,
+        CONNECTOR_COMMAND=command.id,
+        CONNECTOR_REQUEST_ID=request_id,
+        CONNECTOR_TIMEOUT=f"{command.timeout:g}",
+        CONNECTOR_DEADLINE=f"{deadline:.3f}",
+    )
+    return env
+
+
+async def run_command(
+    command: Command,
+    stdin: bytes,
+    request_id: str,
+    limits: Limits,
+    environ: Mapping[str, str] | None = None,
+) -> Finished:
+    """Run the command's executable once; raise a ConnectorError if it cannot finish within its limits."""
+    deadline = time.time() + command.timeout
+    env = child_environment(command, request_id, deadline, os.environ if environ is None else environ)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=command.workdir,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        logger.error("[%s] %s could not be started: %s", request_id, command.id, exc)
+        raise ConnectorStartFailed(
+            f"The connector for '{command.id}' could not be started: {exc.strerror or exc}."
+        ) from exc
+
+    return await _Supervisor(process, command, request_id, limits).run(stdin)
+
+
+class _Supervisor:
+    def __init__(
+        self, process: asyncio.subprocess.Process, command: Command, request_id: str, limits: Limits
+    ) -> None:
+        self.process = process
+        self.command = command
+        self.request_id = request_id
+        self.limits = limits
+        self.stdout = bytearray()
+        self.stdout_overflow = False
+        self.stderr = StderrLines(
+            limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id
+        )
+
+    async def run(self, stdin: bytes) -> Finished:
+        process = self.process
+        assert process.stdin is not None
+        assert process.stdout is not None
+        assert process.stderr is not None
+        io = [
+            asyncio.create_task(self._feed(process.stdin, stdin)),
+            asyncio.create_task(self._read_stdout(process.stdout)),
+            asyncio.create_task(self._read_stderr(process.stderr)),
+        ]
+        try:
+            async with asyncio.timeout(self.command.timeout):
+                returncode = await process.wait()
+        except TimeoutError:
+            await self._stop()
+            await _settle(io, self.limits.drain_timeout)
+            self.stderr.close()
+            raise ConnectorTimeout(self._timeout_message(), self.stderr.logs()) from None
+        finally:
+            if process.returncode is None:  # cancelled: the caller went away or the gateway stops
+                self._signal_group(signal.SIGKILL)
+                await asyncio.shield(process.wait())
+                await _settle(io, 0)
+
+        self._signal_group(signal.SIGKILL)  # leftovers of the group may hold our pipes open
+        await _settle(io, self.limits.drain_timeout)
+        self.stderr.close()
+
+        if self.stdout_overflow:
+            raise OutputTooLarge(
+                f"The connector for '{self.command.id}' printed more than "
+                f"{self.limits.max_stdout_bytes} bytes on stdout and was stopped.",
+                self.stderr.logs(),
+            )
+        return Finished(returncode, bytes(self.stdout), self.stderr)
+
+    async def _feed(self, pipe: asyncio.StreamWriter, data: bytes) -> None:
+        # A connector may exit without reading its input; that is its right.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            pipe.write(data)
+            await pipe.drain()
+            pipe.close()
+            await pipe.wait_closed()
+
+    async def _read_stdout(self, pipe: asyncio.StreamReader) -> None:
+        while chunk := await pipe.read(_READ_CHUNK):
+            if len(self.stdout) + len(chunk) > self.limits.max_stdout_bytes:
+                self.stdout_overflow = True
+                self._signal_group(signal.SIGKILL)
+                return
+            self.stdout += chunk
+
+    async def _read_stderr(self, pipe: asyncio.StreamReader) -> None:
+        while chunk := await pipe.read(_READ_CHUNK):
+            self.stderr.feed(chunk)
+
+    async def _stop(self) -> None:
+        """SIGTERM to the whole group, a grace period, then SIGKILL."""
+        self._signal_group(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self.limits.kill_grace):
+                await self.process.wait()
+        except TimeoutError:
+            logger.warning(
+                "[%s] %s ignored SIGTERM for %gs; killing it",
+                self.request_id,
+                self.command.id,
+                self.limits.kill_grace,
+            )
+        self._signal_group(signal.SIGKILL)
+        await self.process.wait()
+
+    def _signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
+
+    def _timeout_message(self) -> str:
+        message = f"The connector for '{self.command.id}' did not finish within its time limit of "
+        return message + f"{self.command.timeout:g} s and was stopped."
+
+
+async def _settle(tasks: list[asyncio.Task[None]], timeout: float) -> None:
+    """Let the pipe tasks finish for up to `timeout` seconds, then cancel what is left."""
+    if timeout > 0:
+        await asyncio.wait(tasks, timeout=timeout)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,122 @@
+"""Settings: read once, from one mapping (the environment), then overridden by command-line flags.
+
+Nothing here is read at import time; tests build Settings from a plain dict.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from gateway.runner import Limits
+
+ENV_PREFIX = "CONNECTOR_GATEWAY_"
+API_KEY_VARIABLE = "CONNECTOR_PROXY_API_KEY"
+API_KEY_HEADER = "Spiff-Connector-Proxy-Api-Key"
+
+
+class SettingsError(ValueError):
+    """A setting with a value the gateway cannot start with."""
+
+
+def bundled_manifests() -> Path:
+    return Path(str(resources.files("gateway"))) / "bundled" / "manifests"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 7004
+    manifest_dirs: tuple[Path, ...] = field(default_factory=lambda: (bundled_manifests(),))
+    api_key: str | None = field(default=None, repr=False)
+    default_timeout: float = 30.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    limits: Limits = field(default_factory=Limits)
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from environment variables, then from explicit overrides (command-line flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        reader = _Reader(env)
+
+        values["host"] = reader.text("HOST")
+        values["port"] = reader.integer("PORT", 1, 65535)
+        manifests = reader.text("MANIFESTS")
+        if manifests is not None:
+            values["manifest_dirs"] = tuple(Path(part) for part in manifests.split(os.pathsep) if part)
+        values["default_timeout"] = reader.number("TIMEOUT")
+        values["max_body_bytes"] = reader.integer("MAX_BODY_BYTES", 1, None)
+        values["log_level"] = reader.text("LOG_LEVEL")
+        stdout_limit = reader.integer("MAX_STDOUT_BYTES", 1, None)
+
+        api_key = env.get(API_KEY_VARIABLE)
+        if api_key is not None:
+            if not api_key.strip():
+                raise SettingsError(
+                    f"{API_KEY_VARIABLE} is set but empty. Set it to the key Arena sends, "
+                    "or unset it to serve without a key."
+                )
+            values["api_key"] = api_key
+
+        values.update(overrides)
+        settings = cls(**{name: value for name, value in values.items() if value is not None})
+        if stdout_limit is not None:
+            settings = replace(settings, limits=replace(settings.limits, max_stdout_bytes=stdout_limit))
+        return settings
+
+    @property
+    def exposed_without_key(self) -> bool:
+        """True when the gateway listens beyond loopback with no API key: anyone could run its commands."""
+        return self.api_key is None and not _is_loopback(self.host)
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str) -> str | None:
+        value = self.env.get(ENV_PREFIX + name)
+        return value if value else None
+
+    def integer(self, name: str, low: int, high: int | None) -> int | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{ENV_PREFIX}{name} must be a whole number, got {raw!r}.") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise SettingsError(f"{ENV_PREFIX}{name} must be {bounds}, got {value}.")
+        return value
+
+    def number(self, name: str) -> float | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{ENV_PREFIX}{name} must be a number of seconds, got {raw!r}.") from None
+        if not 0 < value <= 3600:
+            raise SettingsError(
+                f"{ENV_PREFIX}{name} must be more than 0 and at most 3600 seconds, got {raw}."
+            )
+        return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
