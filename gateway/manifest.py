@@ -154,10 +154,21 @@ def _schema_problems(document: Any) -> list[str]:
 
 def _schema_message(error: jsonschema.ValidationError) -> str:
     if error.validator == "pattern" and isinstance(error.instance, str):
-        return f"{error.instance!r} is not an allowed name (letters, digits, '_', '.', '-'; no '..', no '/')"
-    if error.validator == "not" and isinstance(error.instance, str):
-        return f"{error.instance!r} is not an allowed name"
+        return _pattern_message(error.instance, error.validator_value)
     return error.message
+
+
+def _pattern_message(value: str, pattern: str) -> str:
+    definitions = _schema()["$defs"]
+    if pattern == definitions["name"]["pattern"]:
+        return f"{value!r} is not an allowed name (letters, digits, '_', '.' and '-', up to 100, no '..')"
+    if pattern == definitions["parameter"]["properties"]["id"]["pattern"]:
+        if value.startswith("spiff__"):
+            return f"{value!r} is reserved for Arena's own keys"
+        return f"{value!r} is not an allowed parameter id (letters, digits and '_', not starting with a digit)"
+    if pattern == definitions["env_name"]["pattern"]:
+        return f"{value!r} is not a valid environment variable name"
+    return f"{value!r} does not match {pattern!r}"
 
 
 def _location(path: Sequence[str | int] | Any) -> str:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -29,7 +30,6 @@ DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Variables that say nothing secret and that many programs need to behave.
 PASSED_THROUGH = ("HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
-_READ_CHUNK = 64 * 1024
 _TAIL_LINES = 5
 
 
@@ -133,12 +133,15 @@ async def run_command(
     """Run the command's executable once; raise a ConnectorError if it cannot finish within its limits."""
     deadline = time.time() + command.timeout
     env = child_environment(command, request_id, deadline, os.environ if environ is None else environ)
+    stderr = StderrLines(limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id)
+    loop = asyncio.get_running_loop()
     try:
-        process = await asyncio.create_subprocess_exec(
+        transport, pipes = await loop.subprocess_exec(
+            lambda: _Pipes(loop, limits.max_stdout_bytes, stderr),
             *command.argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=env,
             cwd=command.workdir,
             start_new_session=True,
@@ -149,85 +152,115 @@ async def run_command(
             f"The connector for '{command.id}' could not be started: {exc.strerror or exc}."
         ) from exc
 
-    return await _Supervisor(process, command, request_id, limits).run(stdin)
+    try:
+        return await _Supervisor(transport, pipes, command, request_id, limits).run(stdin)
+    finally:
+        transport.close()
+
+
+class _Pipes(asyncio.SubprocessProtocol):
+    """Collects a child's stdout and stderr as they arrive and notes when it exits.
+
+    The exit is noticed on its own, not when the pipes close: a grandchild may hold them open.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_stdout: int, stderr: StderrLines) -> None:
+        self.max_stdout = max_stdout
+        self.stdout = bytearray()
+        self.stdout_overflow = False
+        self.stderr = stderr
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._open = {1, 2}
+        self._pid = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self._pid = transport.get_pid()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 2:
+            self.stderr.feed(data)
+        elif not self.stdout_overflow:
+            if len(self.stdout) + len(data) > self.max_stdout:
+                self.stdout_overflow = True
+                signal_group(self._pid, signal.SIGKILL)
+            else:
+                self.stdout += data
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._open.discard(fd)
+        if not self._open and not self.closed.done():
+            self.closed.set_result(None)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 class _Supervisor:
     def __init__(
-        self, process: asyncio.subprocess.Process, command: Command, request_id: str, limits: Limits
+        self,
+        transport: asyncio.SubprocessTransport,
+        pipes: _Pipes,
+        command: Command,
+        request_id: str,
+        limits: Limits,
     ) -> None:
-        self.process = process
+        self.transport = transport
+        self.pipes = pipes
         self.command = command
         self.request_id = request_id
         self.limits = limits
-        self.stdout = bytearray()
-        self.stdout_overflow = False
-        self.stderr = StderrLines(
-            limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id
-        )
+        self.pid = transport.get_pid()
 
     async def run(self, stdin: bytes) -> Finished:
-        process = self.process
-        assert process.stdin is not None
-        assert process.stdout is not None
-        assert process.stderr is not None
-        io = [
-            asyncio.create_task(self._feed(process.stdin, stdin)),
-            asyncio.create_task(self._read_stdout(process.stdout)),
-            asyncio.create_task(self._read_stderr(process.stderr)),
-        ]
+        self._feed(stdin)
         try:
             async with asyncio.timeout(self.command.timeout):
-                returncode = await process.wait()
+                await asyncio.shield(self.pipes.exited)
         except TimeoutError:
             await self._stop()
-            await _settle(io, self.limits.drain_timeout)
-            self.stderr.close()
-            raise ConnectorTimeout(self._timeout_message(), self.stderr.logs()) from None
-        finally:
-            if process.returncode is None:  # cancelled: the caller went away or the gateway stops
-                self._signal_group(signal.SIGKILL)
-                await asyncio.shield(process.wait())
-                await _settle(io, 0)
+            await self._drain()
+            raise ConnectorTimeout(self._timeout_message(), self.pipes.stderr.logs()) from None
+        except asyncio.CancelledError:  # the caller went away or the gateway stops
+            self._signal_group(signal.SIGKILL)
+            raise
 
         self._signal_group(signal.SIGKILL)  # leftovers of the group may hold our pipes open
-        await _settle(io, self.limits.drain_timeout)
-        self.stderr.close()
+        await self._drain()
 
-        if self.stdout_overflow:
+        if self.pipes.stdout_overflow:
             raise OutputTooLarge(
                 f"The connector for '{self.command.id}' printed more than "
                 f"{self.limits.max_stdout_bytes} bytes on stdout and was stopped.",
-                self.stderr.logs(),
+                self.pipes.stderr.logs(),
             )
-        return Finished(returncode, bytes(self.stdout), self.stderr)
+        returncode = self.transport.get_returncode()
+        assert returncode is not None
+        return Finished(returncode, bytes(self.pipes.stdout), self.pipes.stderr)
 
-    async def _feed(self, pipe: asyncio.StreamWriter, data: bytes) -> None:
-        # A connector may exit without reading its input; that is its right.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            pipe.write(data)
-            await pipe.drain()
-            pipe.close()
-            await pipe.wait_closed()
+    def _feed(self, data: bytes) -> None:
+        # Written without waiting: the loop flushes it as the child reads, and a child that
+        # exits without reading its input merely closes the pipe.
+        pipe = self.transport.get_pipe_transport(0)
+        assert isinstance(pipe, asyncio.WriteTransport)
+        pipe.write(data)
+        pipe.close()
 
-    async def _read_stdout(self, pipe: asyncio.StreamReader) -> None:
-        while chunk := await pipe.read(_READ_CHUNK):
-            if len(self.stdout) + len(chunk) > self.limits.max_stdout_bytes:
-                self.stdout_overflow = True
-                self._signal_group(signal.SIGKILL)
-                return
-            self.stdout += chunk
-
-    async def _read_stderr(self, pipe: asyncio.StreamReader) -> None:
-        while chunk := await pipe.read(_READ_CHUNK):
-            self.stderr.feed(chunk)
+    async def _drain(self) -> None:
+        """Wait briefly for the pipes to close; a grandchild in its own session may keep them open."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.limits.drain_timeout):
+                await asyncio.shield(self.pipes.closed)
+        self.pipes.stderr.close()
 
     async def _stop(self) -> None:
         """SIGTERM to the whole group, a grace period, then SIGKILL."""
         self._signal_group(signal.SIGTERM)
         try:
             async with asyncio.timeout(self.limits.kill_grace):
-                await self.process.wait()
+                await asyncio.shield(self.pipes.exited)
         except TimeoutError:
             logger.warning(
                 "[%s] %s ignored SIGTERM for %gs; killing it",
@@ -236,21 +269,17 @@ class _Supervisor:
                 self.limits.kill_grace,
             )
         self._signal_group(signal.SIGKILL)
-        await self.process.wait()
+        await asyncio.shield(self.pipes.exited)
 
     def _signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signum)
+        signal_group(self.pid, signum)
 
     def _timeout_message(self) -> str:
         message = f"The connector for '{self.command.id}' did not finish within its time limit of "
         return message + f"{self.command.timeout:g} s and was stopped."
 
 
-async def _settle(tasks: list[asyncio.Task[None]], timeout: float) -> None:
-    """Let the pipe tasks finish for up to `timeout` seconds, then cancel what is left."""
-    if timeout > 0:
-        await asyncio.wait(tasks, timeout=timeout)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+def signal_group(pid: int, signum: int) -> None:
+    """Signal the process group a connector leads (it was started in a session of its own)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)

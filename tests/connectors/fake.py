@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""A connector that misbehaves on request, to exercise the gateway's process runner.
+
+The mode is argv[1]; modes that take settings read them from the JSON on stdin.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+
+def read_payload():
+    return json.load(sys.stdin)
+
+
+def echo():
+    json.dump(read_payload(), sys.stdout)
+
+
+def env():
+    json.dump({"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv}, sys.stdout)
+
+
+def emit():
+    """Print exactly what the payload says: stdout text, stderr text, then exit with its status."""
+    payload = read_payload()
+    sys.stderr.write(payload.get("stderr", ""))
+    sys.stderr.flush()
+    sys.stdout.write(payload.get("stdout", ""))
+    sys.stdout.flush()
+    sys.exit(payload.get("exit", 0))
+
+
+def kill_self():
+    payload = read_payload()
+    sys.stderr.write("about to die\n")
+    sys.stderr.flush()
+    os.kill(os.getpid(), payload.get("signal", signal.SIGKILL))
+
+
+def sleep():
+    payload = read_payload()
+    time.sleep(payload.get("seconds", 60))
+    json.dump({"slept": payload.get("seconds", 60)}, sys.stdout)
+
+
+def ignore_term():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    read_payload()
+    time.sleep(60)
+
+
+def grandchild():
+    """Leave a grandchild holding stdout open, answer, and exit."""
+    read_payload()
+    if os.fork() == 0:
+        time.sleep(60)
+        os._exit(0)
+    json.dump({"ok": True}, sys.stdout)
+
+
+def flood_stdout():
+    size = read_payload().get("bytes", 1)
+    chunk = b"x" * 65536
+    out = sys.stdout.buffer
+    while size > 0:
+        out.write(chunk[:size])
+        size -= len(chunk)
+
+
+def flood_stderr_first():
+    """Write more than a pipe holds to stderr before reading stdin: the gateway must drain both at once."""
+    for number in range(20000):
+        sys.stderr.write(f"line {number}\n")
+    sys.stderr.flush()
+    json.dump(read_payload(), sys.stdout)
+
+
+def long_stderr_line():
+    size = read_payload().get("bytes", 1)
+    chunk = "y" * 65536
+    while size > 0:
+        sys.stderr.write(chunk[:size])
+        size -= len(chunk)
+    sys.stderr.write("\nlast line\n")
+    json.dump({"ok": True}, sys.stdout)
+
+
+def no_read():
+    json.dump({"ok": True}, sys.stdout)
+
+
+def binary():
+    read_payload()
+    sys.stdout.buffer.write(b"\xff\xfe\x00garbage\x80")
+
+
+MODES = {
+    "echo": echo,
+    "env": env,
+    "emit": emit,
+    "kill-self": kill_self,
+    "sleep": sleep,
+    "ignore-term": ignore_term,
+    "grandchild": grandchild,
+    "flood-stdout": flood_stdout,
+    "flood-stderr-first": flood_stderr_first,
+    "long-stderr-line": long_stderr_line,
+    "no-read": no_read,
+    "binary": binary,
+}
+
+if __name__ == "__main__":
+    MODES[sys.argv[1]]()

@@ -1,0 +1,206 @@
+"""Manifests: loading, every problem reported with its location, executables resolved at load time."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.manifest import Command, ManifestError, load_manifest
+
+
+def write(directory: Path, text: str, name: str = "demo.yaml") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def executable(directory: Path, name: str = "run.sh") -> Path:
+    path = directory / name
+    path.write_text("#!/bin/sh\ncat\n")
+    path.chmod(0o755)
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path, default_timeout=30)
+    assert caught.value.path == path
+    return caught.value.problems
+
+
+COMPLETE = """\
+manifest_version: 1
+connector: billing
+description: Invoices in the ledger.
+defaults:
+  run: [./run.sh]
+  timeout: 10
+  env: {LEDGER_URL: "http://127.0.0.1:9000"}
+  inherit_env: [HTTPS_PROXY]
+commands:
+  - name: CreateInvoice
+    description: Creates an invoice.
+    parameters:
+      - {id: customer, type: str, required: true, description: Customer number.}
+      - {id: amount, type: int, required: true}
+      - {id: draft, type: bool, default: true}
+      - {id: lines, type: any}
+  - name: VoidInvoice
+    run: ["{python}", void.py]
+    timeout: 2.5
+    spiff_keys: none
+auths:
+  - name: OAuth
+    parameters:
+      - {id: client_id, type: str, required: true}
+"""
+
+
+def test_complete_manifest_loads(tmp_path: Path) -> None:
+    script = executable(tmp_path)
+    manifest = load_manifest(write(tmp_path, COMPLETE), default_timeout=30)
+
+    create, void = manifest.commands
+    assert create.id == "billing/CreateInvoice"
+    assert create.argv == (str(script),)
+    assert create.timeout == 10
+    assert create.env == {"LEDGER_URL": "http://127.0.0.1:9000"}
+    assert create.inherit_env == ("HTTPS_PROXY",)
+    assert create.spiff_keys == "all"
+    assert create.workdir == tmp_path
+    assert [(p.id, p.type, p.required, p.has_default) for p in create.parameters] == [
+        ("customer", "str", True, False),
+        ("amount", "int", True, False),
+        ("draft", "bool", False, True),
+        ("lines", "any", False, False),
+    ]
+    assert void.argv == (sys.executable, "void.py")
+    assert void.timeout == 2.5
+    assert void.spiff_keys == "none"
+    assert [auth.id for auth in manifest.auths] == ["billing/OAuth"]
+    assert manifest.warnings == ()
+
+
+def test_default_timeout_applies_when_none_is_set(tmp_path: Path) -> None:
+    executable(tmp_path)
+    path = write(tmp_path, "manifest_version: 1\nconnector: c\ncommands:\n  - {name: A, run: [./run.sh]}\n")
+
+    command: Command = load_manifest(path, default_timeout=12.5).commands[0]
+
+    assert command.timeout == 12.5
+
+
+def test_every_schema_problem_is_reported_with_its_location(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+manifest_version: 2
+connector: bad/name
+commands:
+  - name: A
+    run: "./run.sh --flag"
+    timeout: soon
+    parameters:
+      - {id: x, type: string}
+      - {id: spiff__task_data, type: any}
+    shell: true
+""",
+    )
+
+    assert problems(path) == [
+        "commands[0]: Additional properties are not allowed ('shell' was unexpected)",
+        "commands[0].parameters[0].type: 'string' is not one of ['str', 'int', 'bool', 'any']",
+        "commands[0].parameters[1].id: 'spiff__task_data' is reserved for Arena's own keys",
+        "commands[0].run: './run.sh --flag' is not of type 'array'",
+        "commands[0].timeout: 'soon' is not of type 'number'",
+        "connector: 'bad/name' is not an allowed name (letters, digits, '_', '.' and '-', up to 100, no '..')",
+        "manifest_version: 1 was expected",
+    ]
+
+
+@pytest.mark.parametrize("name", ["..", "a..b", "../etc", "a/b", ".hidden", "x" * 101, ""])
+def test_names_with_path_tricks_are_refused(tmp_path: Path, name: str) -> None:
+    executable(tmp_path)
+    path = write(tmp_path, f"manifest_version: 1\nconnector: c\ncommands:\n  - {{name: '{name}', run: [./run.sh]}}\n")
+
+    assert problems(path) == [
+        f"commands[0].name: {name!r} is not an allowed name (letters, digits, '_', '.' and '-', up to 100, no '..')"
+    ]
+
+
+def test_problems_beyond_the_schema_are_all_collected(tmp_path: Path) -> None:
+    (tmp_path / "plain.txt").write_text("not executable")
+    path = write(
+        tmp_path,
+        """\
+manifest_version: 1
+connector: c
+commands:
+  - name: A
+    run: [no-such-program-anywhere]
+    parameters:
+      - {id: n, type: int, default: "3"}
+      - {id: n, type: str}
+      - {id: r, type: str, required: true, default: x}
+      - {id: z, type: any, default: null}
+  - name: A
+    run: [./missing.sh]
+  - name: B
+    run: [./plain.txt]
+  - name: C
+""",
+    )
+
+    assert problems(path) == [
+        "commands[1].name: 'A' is already used by commands[0]",
+        "commands[0] (A).run[0]: executable 'no-such-program-anywhere' was not found on PATH",
+        "commands[0] (A).parameters[0] (n).default: must be a int, got a string '3'",
+        "commands[0] (A).parameters[1] (n).id: parameter 'n' is declared twice",
+        "commands[0] (A).parameters[2] (r).default: a required parameter cannot have a default; drop one of them",
+        "commands[0] (A).parameters[3] (z).default: null is not a default (null counts as absent); drop the line",
+        f"commands[1] (A).run[0]: executable './missing.sh' does not exist (looked for {tmp_path / 'missing.sh'})",
+        f"commands[2] (B).run[0]: './plain.txt' is not executable; run: chmod +x {tmp_path / 'plain.txt'}",
+        "commands[3] (C).run: missing; set it on the command or under defaults",
+    ]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "manifest_version: 1\nconnector: [unclosed\n")
+
+    [problem] = problems(path)
+    assert problem.startswith("is not valid YAML: ")
+    assert "line 3" in problem
+
+
+def test_a_key_written_twice_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "manifest_version: 1\nconnector: a\nconnector: b\ncommands: []\n")
+
+    assert problems(path) == ["is not valid YAML: key 'connector' appears twice (line 3)"]
+
+
+def test_a_document_that_is_not_a_mapping(tmp_path: Path) -> None:
+    assert problems(write(tmp_path, "- just\n- a list\n")) == [
+        "(top level): ['just', 'a list'] is not of type 'object'"
+    ]
+
+
+def test_time_limit_at_arenas_limit_is_a_warning(tmp_path: Path) -> None:
+    executable(tmp_path)
+    path = write(
+        tmp_path, "manifest_version: 1\nconnector: c\ncommands:\n  - {name: Slow, run: [./run.sh], timeout: 45}\n"
+    )
+
+    manifest = load_manifest(path, default_timeout=30)
+
+    assert manifest.warnings == (
+        "commands[0] (Slow).timeout: 45 s is at or above Arena's own limit of 45 s; Arena may give up and retry "
+        "while the first run goes on. Keep synchronous commands well under 45 s.",
+    )
+
+
+def test_error_message_lists_every_problem_with_the_file(tmp_path: Path) -> None:
+    error = ManifestError(tmp_path / "x.yaml", ["first", "second"])
+
+    assert str(error) == f"Manifest '{tmp_path / 'x.yaml'}' is invalid:\n  - first\n  - second"
