@@ -157,7 +157,11 @@ async def _read_json_object(request: Request, limit: int) -> dict[str, Any]:
             raise _too_large(limit)
 
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidBody(f"The request body is not UTF-8 text (invalid byte at position {exc.start}).") from None
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise InvalidBody("The request body is nested too deeply.") from None
     except ValueError as exc:
@@ -172,9 +176,7 @@ def _too_large(limit: int) -> BodyTooLarge:
 
 
 def _kind(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number"
-    )
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
 
 
 def _reject_constant(name: str) -> Any:
@@ -201,11 +203,7 @@ class ApiKeyCheck:
         if self.api_key is None or scope["type"] != "http" or not _gated(scope):
             await self.app(scope, receive, send)
             return
-        sent = [
-            value
-            for name, value in scope["headers"]
-            if name.decode("latin-1").lower() == API_KEY_HEADER.lower()
-        ]
+        sent = [value for name, value in scope["headers"] if name.decode("latin-1").lower() == API_KEY_HEADER.lower()]
         if len(sent) == 1 and hmac.compare_digest(sent[0], self.api_key):
             await self.app(scope, receive, send)
             return

@@ -141,8 +141,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     total = len(registry.manifests) + len(registry.failures)
     print(
-        f"{_count(total, 'manifest')}, {_count(len(registry.commands), 'command')}, "
-        f"{len(registry.failures)} invalid."
+        f"{_count(total, 'manifest')}, {_count(len(registry.commands), 'command')}, {len(registry.failures)} invalid."
     )
     return 1 if registry.failures else 0
 
@@ -152,10 +151,6 @@ def _count(number: int, noun: str) -> str:
 
 
 def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(format=LOG_FORMAT)  # leaves alone a process that configured logging already
     for name in ("gateway", "uvicorn"):
-        named = logging.getLogger(name)
-        named.handlers = [handler]
-        named.setLevel(level.upper())
-        named.propagate = False
+        logging.getLogger(name).setLevel(level.upper())

@@ -116,9 +116,7 @@ def _check_exit(finished: Finished, command_id: str, logs: list[str]) -> None:
         return
     tail = _stderr_tail(finished)
     if code < 0:
-        raise ConnectorCrashed(
-            f"The connector for '{command_id}' was killed by {_signal_name(-code)}.{tail}", logs
-        )
+        raise ConnectorCrashed(f"The connector for '{command_id}' was killed by {_signal_name(-code)}.{tail}", logs)
     if code == EX_TEMPFAIL:
         raise ConnectorUnavailable(
             f"The connector for '{command_id}' reported a temporary failure (exit status 75).{tail}", logs
@@ -137,9 +135,7 @@ def _connector_envelope(value: dict[str, Any], logs: list[str], command_id: str)
     problems = sorted(_envelope_validator().iter_errors(envelope), key=lambda e: list(map(str, e.path)))
     if problems:
         details = "; ".join(f"{_path(problem.absolute_path)}: {problem.message}" for problem in problems[:5])
-        raise InvalidOutput(
-            f"The connector for '{command_id}' printed an invalid version 2 envelope: {details}.", logs
-        )
+        raise InvalidOutput(f"The connector for '{command_id}' printed an invalid version 2 envelope: {details}.", logs)
     return envelope
 
 

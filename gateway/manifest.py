@@ -289,9 +289,7 @@ class _Builder:
         for index, item in enumerate(items):
             name = item["name"]
             if name in seen:
-                self.problems.append(
-                    f"{section}[{index}].name: {name!r} is already used by {section}[{seen[name]}]"
-                )
+                self.problems.append(f"{section}[{index}].name: {name!r} is already used by {section}[{seen[name]}]")
             seen.setdefault(name, index)
 
     def _parameters(self, where: str, raw_parameters: list[dict[str, Any]]) -> tuple[Parameter, ...]:
@@ -318,13 +316,9 @@ class _Builder:
         if not parameter.has_default:
             return
         if parameter.required:
-            self.problems.append(
-                f"{at}.default: a required parameter cannot have a default; drop one of them"
-            )
+            self.problems.append(f"{at}.default: a required parameter cannot have a default; drop one of them")
         elif parameter.default is None:
-            self.problems.append(
-                f"{at}.default: null is not a default (null counts as absent); drop the line"
-            )
+            self.problems.append(f"{at}.default: null is not a default (null counts as absent); drop the line")
         elif not matches_type(parameter.default, parameter.type):
             self.problems.append(
                 f"{at}.default: must be a {parameter.type}, got {json_type_name(parameter.default)} "

@@ -34,9 +34,7 @@ def manifest_files(directories: Iterable[Path]) -> list[Path]:
     files: list[Path] = []
     for directory in directories:
         if not directory.is_dir():
-            raise NotADirectoryError(
-                f"Manifest directory '{directory}' does not exist or is not a directory."
-            )
+            raise NotADirectoryError(f"Manifest directory '{directory}' does not exist or is not a directory.")
         files.extend(
             sorted(
                 path

@@ -104,9 +104,7 @@ class StderrLines:
             self.dropped += 1
 
 
-def child_environment(
-    command: Command, request_id: str, deadline: float, source: Mapping[str, str]
-) -> dict[str, str]:
+def child_environment(command: Command, request_id: str, deadline: float, source: Mapping[str, str]) -> dict[str, str]:
     """The child's whole environment: a few harmless basics, the request's metadata, the manifest's own."""
     env = {name: source[name] for name in PASSED_THROUGH if name in source}
     env.setdefault("LANG", "C.UTF-8")

@@ -107,9 +107,7 @@ class _Reader:
         except ValueError:
             raise SettingsError(f"{ENV_PREFIX}{name} must be a number of seconds, got {raw!r}.") from None
         if not 0 < value <= 3600:
-            raise SettingsError(
-                f"{ENV_PREFIX}{name} must be more than 0 and at most 3600 seconds, got {raw}."
-            )
+            raise SettingsError(f"{ENV_PREFIX}{name} must be more than 0 and at most 3600 seconds, got {raw}.")
         return value
 
 

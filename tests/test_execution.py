@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE_MANIFESTS, Protocol, make_settings
 from starlette.testclient import TestClient
 
+from conftest import FAKE_MANIFESTS, Protocol, make_settings
 from gateway import create_app
 
 SPIFF_KEYS = {

@@ -1,0 +1,158 @@
+"""The connector-gateway command: validate, serve on a real socket, and help."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import FAKE_MANIFESTS
+from gateway.cli import main
+from gateway.settings import Settings
+from serving import free_port, wait_until_live
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def test_validate_reports_every_problem_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.yaml").write_text("manifest_version: 1\nconnector: x\ncommands:\n  - {name: A, timeout: soon}\n")
+    (tmp_path / "slow.yaml").write_text(
+        "manifest_version: 1\nconnector: s\ncommands:\n  - {name: B, run: ['{python}'], timeout: 50}\n"
+    )
+
+    status = main(["validate", str(tmp_path)])
+
+    assert status == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"ok      {tmp_path / 'slow.yaml'}: 1 command",
+        f"warning {tmp_path / 'slow.yaml'}: commands[0] (B).timeout: 50 s is at or above Arena's own limit of 45 s; "
+        "Arena may give up and retry while the first run goes on. Keep synchronous commands well under 45 s.",
+        f"error   {tmp_path / 'bad.yaml'}:",
+        "  - commands[0].timeout: 'soon' is not of type 'number'",
+        "2 manifests, 1 command, 1 invalid.",
+    ]
+
+
+def test_validate_passes_good_manifests(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(FAKE_MANIFESTS)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "1 manifest, 15 commands, 0 invalid."
+
+
+def test_validate_checks_the_bundled_manifests_by_default(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONNECTOR_GATEWAY_MANIFESTS", raising=False)
+
+    assert main(["validate"]) == 0
+    assert "http.yaml: 6 commands" in capsys.readouterr().out
+
+
+def test_validate_of_a_missing_directory_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist or is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"], ["validate", "--help"]])
+def test_help_is_useful(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: connector-gateway")
+    if argv[0] == "serve":
+        for mentioned in ("--manifests DIR", "CONNECTOR_GATEWAY_PORT", "CONNECTOR_PROXY_API_KEY", "7004"):
+            assert mentioned in out
+
+
+def gateway_command(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_an_empty_api_key_is_refused_at_start_up() -> None:
+    process = gateway_command("serve", "--port", str(free_port()), env={"CONNECTOR_PROXY_API_KEY": ""})
+    output, _ = process.communicate(timeout=30)
+
+    assert process.returncode == 2
+    assert output.strip() == (
+        "connector-gateway: CONNECTOR_PROXY_API_KEY is set but empty. Set it to the key Arena sends, "
+        "or unset it to serve without a key."
+    )
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    port = free_port()
+    process = gateway_command("serve", "--port", str(port), "--manifests", str(FAKE_MANIFESTS))
+    try:
+        wait_until_live(port, process)
+        yield port, process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_serve_answers_on_a_real_socket(served: tuple[int, subprocess.Popen[str]]) -> None:
+    port, process = served
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/do/fake/Echo",
+        data=json.dumps({"text": "over the wire"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = json.load(response)
+
+    assert answer["command_response"]["body"] == {"text": "over the wire", "count": 1}
+    process.terminate()
+    log, _ = process.communicate(timeout=10)
+    assert "Serving 15 commands and 1 auth handlers" in log
+    assert "POST /v1/do/fake/Echo 200 command=fake/Echo error=-" in log
+
+
+@pytest.mark.parametrize(
+    ("host", "key", "exposed"),
+    [
+        ("127.0.0.1", None, False),
+        ("127.0.0.2", None, False),
+        ("::1", None, False),
+        ("localhost", None, False),
+        ("0.0.0.0", None, True),
+        ("10.1.2.3", None, True),
+        ("0.0.0.0", "key", False),
+    ],
+)
+def test_exposure_is_judged_by_host_and_key(host: str, key: str | None, exposed: bool) -> None:
+    assert Settings(host=host, api_key=key).exposed_without_key is exposed
+
+
+def test_serving_beyond_loopback_without_a_key_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # uvicorn.run is replaced so that nothing binds beyond loopback in a test.
+    served: dict[str, object] = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: served.update(options))
+    monkeypatch.delenv("CONNECTOR_PROXY_API_KEY", raising=False)
+
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        assert main(["serve", "--host", "0.0.0.0", "--port", "7999", "--manifests", str(FAKE_MANIFESTS)]) == 0
+
+    assert served["host"] == "0.0.0.0"
+    assert served["port"] == 7999
+    assert any(
+        "Listening on 0.0.0.0 without CONNECTOR_PROXY_API_KEY: anyone who can reach this address" in message
+        for message in caplog.messages
+    )
