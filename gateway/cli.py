@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.registry import load_registry
-from gateway.settings import API_KEY_VARIABLE, ENV_PREFIX, Settings, SettingsError
+from gateway.settings import API_KEY_VARIABLE, ENV_PREFIX, Settings, SettingsError, bundled_manifests
 
 logger = logging.getLogger("gateway")
 
@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help="a manifest directory; repeat for several (default: the bundled manifests)",
     )
+    serve.add_argument(
+        "--with-bundled",
+        action="store_true",
+        help="serve the bundled manifests after the --manifests directories",
+    )
     serve.add_argument("--timeout", type=float, help="default time limit in seconds (default 30)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=_serve)
@@ -86,11 +91,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    manifest_dirs = tuple(args.manifests or ())
+    if args.with_bundled:
+        manifest_dirs += (bundled_manifests(),)
     try:
         settings = Settings.from_env(
             host=args.host,
             port=args.port,
-            manifest_dirs=tuple(args.manifests) if args.manifests else None,
+            manifest_dirs=manifest_dirs or None,
             default_timeout=args.timeout,
             log_level=args.log_level,
         )

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import FAKE_MANIFESTS
 from gateway.cli import main
-from gateway.settings import Settings
+from gateway.settings import Settings, bundled_manifests
 from serving import free_port, wait_until_live
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -156,3 +156,14 @@ def test_serving_beyond_loopback_without_a_key_warns(
         "Listening on 0.0.0.0 without CONNECTOR_PROXY_API_KEY: anyone who can reach this address" in message
         for message in caplog.messages
     )
+
+
+def test_with_bundled_serves_them_after_the_given_directories(monkeypatch: pytest.MonkeyPatch) -> None:
+    served: dict[str, object] = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: served.update(app=app))
+
+    assert main(["serve", "--manifests", str(FAKE_MANIFESTS), "--with-bundled"]) == 0
+
+    settings = served["app"].state.settings  # type: ignore[attr-defined]
+    assert settings.manifest_dirs == (FAKE_MANIFESTS, bundled_manifests())
+    assert {"fake/Echo", "http/GetRequestV2"} <= set(served["app"].state.registry.commands)  # type: ignore[attr-defined]
