@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import envelope
-from gateway.errors import BodyTooLarge, CommandNotFound, ConnectorError, InvalidBody, RequestError
+from gateway.errors import BodyTooLarge, CommandNotFound, ConnectorError, InternalError, InvalidBody, RequestError
 from gateway.params import prepare_payload
 from gateway.registry import Registry, load_registry
 from gateway.runner import run_command
@@ -55,7 +55,7 @@ def create_app(
             Middleware(AccessLog),
             Middleware(ApiKeyCheck, api_key=settings.api_key),
         ],
-        exception_handlers={RequestError: request_error, HTTPException: http_error},
+        exception_handlers={RequestError: request_error, HTTPException: http_error, Exception: internal_error},
     )
     app.state.settings = settings
     app.state.registry = registry
@@ -140,6 +140,16 @@ async def http_error(request: Request, exc: Exception) -> Response:
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
     body = {"command_response": {}, "error": {"error_code": code, "message": exc.detail}}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """An unexpected fault still gets an answer Arena can read; the server logs the traceback."""
+    request_id = request.scope.get("state", {}).get("request_id", "-")
+    logger.error("[%s] internal error on %s %s: %r", request_id, request.method, request.url.path, exc)
+    error = InternalError(f"The gateway failed unexpectedly; its log has the details under request id {request_id}.")
+    # Sent from outside the middleware stack, so the request id header is added here.
+    headers = {"x-request-id": request_id}
+    return JSONResponse(envelope.protocol_error(error), status_code=error.status, headers=headers)
 
 
 def _not_found(command_id: str) -> CommandNotFound:

@@ -19,6 +19,7 @@ from gateway.errors import (
     ConnectorError,
     ConnectorFailed,
     ConnectorUnavailable,
+    InternalError,
     InvalidOutput,
     RequestError,
 )
@@ -89,7 +90,7 @@ def failure(error: ConnectorError) -> dict[str, Any]:
     }
 
 
-def protocol_error(error: RequestError) -> dict[str, Any]:
+def protocol_error(error: RequestError | InternalError) -> dict[str, Any]:
     """A request refused before dispatch: the minimal form, sent with a non-2xx outer status."""
     return {"command_response": {}, "error": {"error_code": error.code, "message": error.message}}
 
@@ -125,9 +126,7 @@ def _check_exit(finished: Finished, command_id: str, logs: list[str]) -> None:
 
 
 def _connector_envelope(value: dict[str, Any], logs: list[str], command_id: str) -> dict[str, Any]:
-    envelope = dict(value)
-    envelope.setdefault("error", None)
-    envelope["spiff__logs"] = [*envelope.get("spiff__logs", []), *logs]
+    envelope = {"error": None, "spiff__logs": [], **value}
     response = envelope.get("command_response")
     if isinstance(response, dict):
         envelope["command_response"] = {"mimetype": JSON_MIMETYPE, **response}
@@ -136,6 +135,7 @@ def _connector_envelope(value: dict[str, Any], logs: list[str], command_id: str)
     if problems:
         details = "; ".join(f"{_path(problem.absolute_path)}: {problem.message}" for problem in problems[:5])
         raise InvalidOutput(f"The connector for '{command_id}' printed an invalid version 2 envelope: {details}.", logs)
+    envelope["spiff__logs"] = [*envelope["spiff__logs"], *logs]
     return envelope
 
 

@@ -1,6 +1,7 @@
 """The errors the gateway answers with, each carrying its code and status.
 
     GatewayError
+    ├── InternalError      500 internal_error: a fault of the gateway itself, logged with the request id
     ├── RequestError       refused before a connector runs: the outer status says why
     │   ├── CommandNotFound        404 command_not_found
     │   ├── InvalidBody            400 invalid_body
@@ -38,6 +39,11 @@ class GatewayError(Exception):
     @property
     def retryable(self) -> bool:
         return self.status == 429 or self.status >= 500
+
+
+class InternalError(GatewayError):
+    code = "internal_error"
+    status = 500
 
 
 class RequestError(GatewayError):

@@ -198,6 +198,14 @@ def test_invalid_utf8_is_replaced(client: TestClient, protocol: Protocol) -> Non
             {"command_response_version": 2, "command_response": {"body": 1}, "error": {"code": "x"}},
             "error: {'code': 'x'} is not valid under any of the given schemas",
         ),
+        (
+            {"command_response_version": 2, "command_response": {"body": 1}, "spiff__logs": None},
+            "spiff__logs: None is not of type 'array'",
+        ),
+        (
+            {"command_response_version": 2, "command_response": {"body": 1}, "spiff__logs": "abc"},
+            "spiff__logs: 'abc' is not of type 'array'",
+        ),
     ],
 )
 def test_invalid_envelope_is_a_502(client: TestClient, protocol: Protocol, printed: Any, detail: str) -> None:

@@ -193,3 +193,23 @@ def test_a_bad_manifest_is_skipped_and_the_others_served(tmp_path: Path) -> None
     with TestClient(create_app(make_settings(manifest_dirs=(tmp_path,)))) as client:
         assert [entry["id"] for entry in client.get("/v1/commands").json()] == ["good/Run"]
         assert client.post("/v1/do/good/Run", json={}).json()["command_response"]["body"] == 1
+
+
+def test_an_unexpected_fault_still_answers_in_the_protocol_shape(
+    protocol: Protocol, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("gateway.app.prepare_payload", broken)
+    with TestClient(create_app(make_settings()), raise_server_exceptions=False) as client:
+        response = client.post("/v1/do/fake/Echo", json={"text": "x"})
+
+    assert response.status_code == 500
+    answer = response.json()
+    protocol.validate_answer(500, answer)
+    request_id = response.headers["x-request-id"]
+    assert answer["error"] == {
+        "error_code": "internal_error",
+        "message": f"The gateway failed unexpectedly; its log has the details under request id {request_id}.",
+    }
