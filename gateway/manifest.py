@@ -50,51 +50,43 @@ class Parameter:
         return described
 
 
-@dataclass(frozen=True)
-class Command:
+@dataclass(frozen=True, kw_only=True)
+class Listed:
+    """What discovery lists of a command or an auth handler: `connector/name` and its parameters."""
+
     connector: str
     name: str
     source: Path
-    argv: tuple[str, ...]
-    timeout: float
     parameters: tuple[Parameter, ...] = ()
     description: str | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.connector}/{self.name}"
+
+    def describe(self) -> dict[str, Any]:
+        described: dict[str, Any] = {"id": self.id, "parameters": [p.describe() for p in self.parameters]}
+        if self.description is not None:
+            described["description"] = self.description
+        return described
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command(Listed):
+    argv: tuple[str, ...]
+    timeout: float
     env: Mapping[str, str] = field(default_factory=dict)
     inherit_env: tuple[str, ...] = ()
     spiff_keys: SpiffKeys = "all"
 
     @property
-    def id(self) -> str:
-        return f"{self.connector}/{self.name}"
-
-    @property
     def workdir(self) -> Path:
         return self.source.parent
 
-    def describe(self) -> dict[str, Any]:
-        described: dict[str, Any] = {"id": self.id, "parameters": [p.describe() for p in self.parameters]}
-        if self.description is not None:
-            described["description"] = self.description
-        return described
 
-
-@dataclass(frozen=True)
-class Auth:
-    connector: str
-    name: str
-    source: Path
-    parameters: tuple[Parameter, ...] = ()
-    description: str | None = None
-
-    @property
-    def id(self) -> str:
-        return f"{self.connector}/{self.name}"
-
-    def describe(self) -> dict[str, Any]:
-        described: dict[str, Any] = {"id": self.id, "parameters": [p.describe() for p in self.parameters]}
-        if self.description is not None:
-            described["description"] = self.description
-        return described
+@dataclass(frozen=True, kw_only=True)
+class Auth(Listed):
+    """An authentication handler, listed by /v1/auths."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +146,7 @@ def _schema_problems(document: Any) -> list[str]:
 
 def _schema_message(error: jsonschema.ValidationError) -> str:
     if error.validator == "pattern" and isinstance(error.instance, str):
-        return _pattern_message(error.instance, error.validator_value)
+        return _pattern_message(error.instance, str(error.validator_value))
     return error.message
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.manifest import Auth, Command, Manifest, ManifestError, load_manifest
+from gateway.manifest import Auth, Command, Listed, Manifest, ManifestError, load_manifest
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
@@ -88,6 +88,6 @@ def _check_conflicts(manifest: Manifest, commands: dict[str, Command], auths: di
         raise ManifestError(manifest.path, problems)
 
 
-def _catalog(entries: Iterable[Command | Auth]) -> bytes:
+def _catalog(entries: Iterable[Listed]) -> bytes:
     described = [entry.describe() for entry in sorted(entries, key=lambda entry: entry.id)]
     return json.dumps(described, ensure_ascii=False, separators=(",", ":")).encode()
