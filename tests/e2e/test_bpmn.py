@@ -238,7 +238,7 @@ def test_bundled_http_connector_reports_an_upstream_404_as_http_error_404(
         assert_judged(outcome.call, outer=200, inner=200, rule=None, error_code=None)
     else:
         assert outcome.data["profile_error"]["error_code"] == "HttpError404"
-        assert url in outcome.data["profile_error"]["message"]
+        assert outcome.data["profile_error"]["message"] == f"GET {upstream.url} answered 404 Not Found."
         assert_judged(outcome.call, outer=200, inner=404, rule=2, error_code="HttpError404")
 
 
