@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import html
 import json
@@ -9,8 +11,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,10 +23,22 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import envelope
-from gateway.errors import BodyTooLarge, CommandNotFound, ConnectorError, InternalError, InvalidBody, RequestError
-from gateway.params import prepare_payload
+from gateway.admission import Admission
+from gateway.errors import (
+    BodyTooLarge,
+    CommandNotFound,
+    ConnectorError,
+    InternalError,
+    InvalidBody,
+    RequestError,
+    Saturated,
+    UnsupportedMediaType,
+)
+from gateway.manifest import Command
+from gateway.params import prepare_payload, secret_values
+from gateway.redact import Redactor
 from gateway.registry import Registry, load_registry
-from gateway.runner import run_command
+from gateway.runner import Runner
 from gateway.settings import API_KEY_HEADER, Settings
 
 logger = logging.getLogger("gateway")
@@ -32,13 +46,16 @@ access_logger = logging.getLogger("gateway.access")
 
 UNAUTHORIZED = {"error": "Unauthorized"}
 
+_T = TypeVar("_T")
+
 
 def create_app(
     settings: Settings, registry: Registry | None = None, environ: Mapping[str, str] | None = None
 ) -> Starlette:
-    """The gateway as an ASGI app. `environ` is where manifests' inherit_env reads from."""
+    """The gateway as an ASGI app. `environ` is the gateway's environment, read by manifests' env and inherit_env."""
+    environ = os.environ if environ is None else environ
     if registry is None:
-        registry = load_registry(settings.manifest_dirs, settings.default_timeout)
+        registry = load_registry(settings.manifest_dirs, settings.default_timeout, environ)
         log_registry(registry)
 
     app = Starlette(
@@ -56,11 +73,20 @@ def create_app(
             Middleware(ApiKeyCheck, api_key=settings.api_key),
         ],
         exception_handlers={RequestError: request_error, HTTPException: http_error, Exception: internal_error},
+        lifespan=_lifespan,
     )
     app.state.settings = settings
     app.state.registry = registry
-    app.state.environ = os.environ if environ is None else environ
+    app.state.runner = Runner(settings.limits, environ)
+    app.state.admission = Admission(settings.admission)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    yield
+    # Requests still running past the server's graceful shutdown were cancelled; their children must not outlive us.
+    app.state.runner.kill_all()
 
 
 def log_registry(registry: Registry) -> None:
@@ -91,25 +117,60 @@ async def do_command(request: Request) -> Response:
     connector, name = request.path_params["connector"], request.path_params["command"]
     request.state.command = f"{connector}/{name}"
 
+    # Everything that can refuse the request comes before any process starts.
     command = registry.find(connector, name)
     if command is None:
         raise _not_found(f"{connector}/{name}")
+    _check_media_type(request)
     body = await _read_json_object(request, settings.max_body_bytes)
     payload = prepare_payload(command, body)
     stdin = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    redact = Redactor([*command.secret_values, *secret_values(command, payload)])
 
     request_id: str = request.state.request_id
+    admission: Admission = request.app.state.admission
+    async with admission.slot(command):
+        answer = await _until_disconnected(request, _execute(request, command, stdin, redact))
+    if answer is None:
+        logger.info("[%s] %s: the caller went away; its connector was stopped", request_id, command.id)
+        request.state.error_code = "caller_gone"
+        return Response(status_code=499)
+    return JSONResponse(answer)
+
+
+async def _execute(request: Request, command: Command, stdin: bytes, redact: Redactor) -> dict[str, Any]:
+    """Run the command and shape its outcome, success or failure, as a version 2 envelope."""
+    request_id: str = request.state.request_id
+    runner: Runner = request.app.state.runner
     try:
-        finished = await run_command(command, stdin, request_id, settings.limits, request.app.state.environ)
-        answer = envelope.from_output(finished, command.id)
+        finished = await runner.run(command, stdin, request_id, redact)
+        answer = envelope.from_output(finished, command.id, redact)
     except ConnectorError as error:
         logger.warning("[%s] %s failed: %s %s", request_id, command.id, error.code, error.message)
         request.state.error_code = error.code
-        answer = envelope.failure(error)
-    else:
-        if answer["error"] is not None:
-            request.state.error_code = answer["error"].get("error_code")
-    return JSONResponse(answer)
+        return envelope.failure(error)
+    if answer["error"] is not None:
+        request.state.error_code = answer["error"].get("error_code")
+    return answer
+
+
+async def _until_disconnected(request: Request, work: Coroutine[Any, Any, _T]) -> _T | None:
+    """The work's result, or None once the caller has hung up: then the work is cancelled."""
+    task = asyncio.ensure_future(work)
+    hangup = asyncio.ensure_future(_caller_gone(request))
+    try:
+        await asyncio.wait((task, hangup), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for pending in (task, hangup):
+            pending.cancel()
+        await asyncio.gather(task, hangup, return_exceptions=True)
+    return task.result() if not task.cancelled() else None
+
+
+async def _caller_gone(request: Request) -> None:
+    # The body has been read, so the next message the server sends is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def unknown_command(request: Request) -> Response:
@@ -132,7 +193,8 @@ async def start_auth(request: Request) -> Response:
 async def request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
     request.state.error_code = exc.code
-    return JSONResponse(envelope.protocol_error(exc), status_code=exc.status)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Saturated) else None
+    return JSONResponse(envelope.protocol_error(exc), status_code=exc.status, headers=headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -154,6 +216,13 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 def _not_found(command_id: str) -> CommandNotFound:
     return CommandNotFound(f"No command '{command_id}' is served here; GET /v1/commands lists the commands.")
+
+
+def _check_media_type(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        shown = f"'{media_type}'" if media_type else "none"
+        raise UnsupportedMediaType(f"The request body must be sent as Content-Type application/json, got {shown}.")
 
 
 async def _read_json_object(request: Request, limit: int) -> dict[str, Any]:

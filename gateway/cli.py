@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,10 @@ environment variables (flags win over them):
   {ENV_PREFIX}TIMEOUT         time limit in seconds for commands whose manifest sets none (default 30)
   {ENV_PREFIX}MAX_BODY_BYTES  largest request body accepted (default 33554432, 32 MiB)
   {ENV_PREFIX}MAX_STDOUT_BYTES  largest answer a connector may print (default 16777216, 16 MiB)
+  {ENV_PREFIX}MAX_RUNNING     connector runs at once, gateway-wide (default 32)
+  {ENV_PREFIX}MAX_WAITING     requests that may wait for a run slot (default 64); beyond: 429
+  {ENV_PREFIX}MAX_WAIT        seconds a request may wait for a run slot (default 10); then: 429
+  {ENV_PREFIX}SHUTDOWN_GRACE  seconds in-flight requests may finish after SIGTERM (default 30)
   {ENV_PREFIX}LOG_LEVEL       debug, info, warning or error (default info)
   {API_KEY_VARIABLE}     shared secret Arena sends in Spiff-Connector-Proxy-Api-Key;
                               when set, /v1 routes answer 401 without it"""
@@ -125,7 +130,14 @@ def _serve(args: argparse.Namespace) -> int:
     except NotADirectoryError as exc:
         logger.error("%s", exc)
         return 2
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+    )
     return 0
 
 

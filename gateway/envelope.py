@@ -23,6 +23,7 @@ from gateway.errors import (
     InvalidOutput,
     RequestError,
 )
+from gateway.redact import Redactor
 from gateway.runner import Finished
 
 JSON_MIMETYPE = "application/json"
@@ -95,7 +96,7 @@ def protocol_error(error: RequestError | InternalError) -> dict[str, Any]:
     return {"command_response": {}, "error": {"error_code": error.code, "message": error.message}}
 
 
-def from_output(finished: Finished, command_id: str) -> dict[str, Any]:
+def from_output(finished: Finished, command_id: str, redact: Redactor) -> dict[str, Any]:
     """The envelope for a finished process, or a ConnectorError saying why there is none."""
     logs = finished.stderr.logs()
     _check_exit(finished, command_id, logs)
@@ -107,7 +108,7 @@ def from_output(finished: Finished, command_id: str) -> dict[str, Any]:
         return success({"raw_response": text}, logs)
 
     if isinstance(value, dict) and "command_response_version" in value:
-        return _connector_envelope(value, logs, command_id)
+        return _connector_envelope(value, logs, command_id, redact)
     return success(value, logs)
 
 
@@ -125,7 +126,7 @@ def _check_exit(finished: Finished, command_id: str, logs: list[str]) -> None:
     raise ConnectorFailed(f"The connector for '{command_id}' exited with status {code}.{tail}", logs)
 
 
-def _connector_envelope(value: dict[str, Any], logs: list[str], command_id: str) -> dict[str, Any]:
+def _connector_envelope(value: dict[str, Any], logs: list[str], command_id: str, redact: Redactor) -> dict[str, Any]:
     envelope = {"error": None, "spiff__logs": [], **value}
     response = envelope.get("command_response")
     if isinstance(response, dict):
@@ -135,7 +136,10 @@ def _connector_envelope(value: dict[str, Any], logs: list[str], command_id: str)
     if problems:
         details = "; ".join(f"{_path(problem.absolute_path)}: {problem.message}" for problem in problems[:5])
         raise InvalidOutput(f"The connector for '{command_id}' printed an invalid version 2 envelope: {details}.", logs)
-    envelope["spiff__logs"] = [*envelope["spiff__logs"], *logs]
+    # What the connector wrote about itself is shown to people: no credential of the request may be in it.
+    envelope["spiff__logs"] = [*map(redact, envelope["spiff__logs"]), *logs]
+    if envelope["error"] is not None:
+        envelope["error"] = {**envelope["error"], "message": redact(envelope["error"]["message"])}
     return envelope
 
 

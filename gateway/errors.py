@@ -7,7 +7,9 @@
     │   ├── InvalidBody            400 invalid_body
     │   ├── MissingParameter       400 missing_parameter
     │   ├── InvalidParameter       400 invalid_parameter
-    │   └── BodyTooLarge           413 body_too_large
+    │   ├── BodyTooLarge           413 body_too_large
+    │   ├── UnsupportedMediaType   415 unsupported_media_type
+    │   └── Saturated              429 too_many_requests, with Retry-After
     └── ConnectorError     the connector ran and failed: outer 200, the inner status says why
         ├── ConnectorFailed        502 connector_failed
         ├── ConnectorCrashed       502 connector_crashed
@@ -75,6 +77,17 @@ class BodyTooLarge(RequestError):
     status = 413
 
 
+class UnsupportedMediaType(RequestError):
+    code = "unsupported_media_type"
+    status = 415
+
+
+class Saturated(RequestError):
+    code = "too_many_requests"
+    status = 429
+    retry_after = 1
+
+
 class ConnectorError(GatewayError):
     """The connector was started and did not produce a usable answer."""
 
@@ -120,6 +133,9 @@ ALL_ERRORS: tuple[type[GatewayError], ...] = (
     MissingParameter,
     InvalidParameter,
     BodyTooLarge,
+    UnsupportedMediaType,
+    Saturated,
+    InternalError,
     ConnectorFailed,
     ConnectorCrashed,
     ConnectorStartFailed,

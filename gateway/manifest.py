@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import re
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,6 +28,8 @@ from gateway.params import ParamType, json_type_name, matches_type
 SpiffKeys = Literal["all", "none"] | frozenset[str]
 
 PYTHON_PLACEHOLDER = "{python}"
+REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_LIMIT_FLAGS = {"cpu_seconds": "--cpu", "memory_mb": "--as", "open_files": "--nofile", "processes": "--nproc"}
 
 # Arena gives up on a synchronous call after 45 s and may retry while the first run goes on.
 ARENA_TIMEOUT = 45.0
@@ -39,6 +43,7 @@ class Parameter:
     description: str | None = None
     has_default: bool = False
     default: Any = None
+    secret: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The parameter as listed by discovery: the protocol's fields, then descriptive ones."""
@@ -71,13 +76,25 @@ class Listed:
         return described
 
 
+@dataclass(frozen=True)
+class RunAs:
+    name: str
+    uid: int
+    gid: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class Command(Listed):
     argv: tuple[str, ...]
     timeout: float
-    env: Mapping[str, str] = field(default_factory=dict)
+    # Resolved values, credentials among them: kept out of repr so that no log line can show them.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    secret_values: tuple[str, ...] = field(default=(), repr=False)
     inherit_env: tuple[str, ...] = ()
     spiff_keys: SpiffKeys = "all"
+    run_as: RunAs | None = None
+    concurrency: int | None = None
+    queue: int = 0
 
     @property
     def workdir(self) -> Path:
@@ -112,15 +129,18 @@ class ManifestError(Exception):
         return f"Manifest '{self.path}' is invalid:\n{listed}"
 
 
-def load_manifest(path: Path, default_timeout: float) -> Manifest:
-    """Read and check one manifest file; raise ManifestError listing every problem."""
+def load_manifest(path: Path, default_timeout: float, environ: Mapping[str, str]) -> Manifest:
+    """Read and check one manifest file; raise ManifestError listing every problem.
+
+    `environ` is the gateway's environment, where `${NAME}` references in `env` are looked up.
+    """
     document = _read_yaml(path)
 
     problems = _schema_problems(document)
     if problems:
         raise ManifestError(path, problems)
 
-    return _Builder(path, document, default_timeout).build()
+    return _Builder(path, document, default_timeout, environ).build()
 
 
 def manifest_schema() -> dict[str, Any]:
@@ -210,10 +230,13 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
 class _Builder:
     """Turns a schema-valid document into a Manifest, collecting what the schema cannot check."""
 
-    def __init__(self, path: Path, document: dict[str, Any], default_timeout: float) -> None:
+    def __init__(
+        self, path: Path, document: dict[str, Any], default_timeout: float, environ: Mapping[str, str]
+    ) -> None:
         self.path = path
         self.document = document
         self.default_timeout = default_timeout
+        self.environ = environ
         self.problems: list[str] = []
         self.warnings: list[str] = []
 
@@ -239,13 +262,15 @@ class _Builder:
         for index, raw in enumerate(self.document["commands"]):
             where = f"commands[{index}] ({raw['name']})"
             settings = {**defaults, **raw}
-            argv = self._argv(where, settings.get("run"))
+            argv = self._argv(where, settings.get("run"), settings.get("limits"))
             timeout = float(settings.get("timeout", self.default_timeout))
             if timeout >= ARENA_TIMEOUT:
                 self.warnings.append(
                     f"{where}.timeout: {timeout:g} s is at or above Arena's own limit of 45 s; Arena may "
                     "give up and retry while the first run goes on. Keep synchronous commands well under 45 s."
                 )
+            env, secret_values = self._env(where, settings.get("env", {}))
+            concurrency = settings.get("concurrency")
             commands.append(
                 Command(
                     connector=connector,
@@ -255,9 +280,13 @@ class _Builder:
                     timeout=timeout,
                     parameters=self._parameters(where, raw.get("parameters", [])),
                     description=raw.get("description"),
-                    env=dict(settings.get("env", {})),
+                    env=env,
+                    secret_values=secret_values,
                     inherit_env=tuple(settings.get("inherit_env", ())),
                     spiff_keys=_spiff_keys(settings.get("spiff_keys", "all")),
+                    run_as=self._run_as(where, settings.get("user")),
+                    concurrency=concurrency,
+                    queue=settings.get("queue", 2 * concurrency if concurrency else 0),
                 )
             )
         return tuple(commands)
@@ -299,6 +328,7 @@ class _Builder:
                 description=raw.get("description"),
                 has_default="default" in raw,
                 default=raw.get("default"),
+                secret=raw.get("secret", False),
             )
             self._check_default(at, parameter)
             parameters.append(parameter)
@@ -317,15 +347,66 @@ class _Builder:
                 f"{parameter.default!r}"
             )
 
-    def _argv(self, where: str, run: list[str] | None) -> tuple[str, ...]:
+    def _argv(self, where: str, run: list[str] | None, limits: dict[str, int] | None) -> tuple[str, ...]:
         if run is None:
             self.problems.append(f"{where}.run: missing; set it on the command or under defaults")
             return ()
+        for index, argument in enumerate(run):
+            if REFERENCE.search(argument):
+                self.problems.append(
+                    f"{where}.run[{index}]: {argument!r}: references are not expanded in run, where any user "
+                    "of the machine could read them; pass the value through env instead"
+                )
         executable = _resolve_executable(run[0], self.path.parent)
         if isinstance(executable, _Unresolved):
             self.problems.append(f"{where}.run[0]: {executable.reason}")
             return ()
-        return (executable, *run[1:])
+        return (*self._limits_prefix(where, limits), executable, *run[1:])
+
+    def _limits_prefix(self, where: str, limits: dict[str, int] | None) -> tuple[str, ...]:
+        """Resource limits are set by prlimit, which then executes the command: no code runs between fork and exec."""
+        if not limits:
+            return ()
+        prlimit = shutil.which("prlimit")
+        if prlimit is None:
+            self.problems.append(f"{where}.limits: the prlimit program (util-linux) was not found on PATH")
+            return ()
+        flags = []
+        for name, value in limits.items():
+            amount = value * 1024 * 1024 if name == "memory_mb" else value
+            flags.append(f"{_LIMIT_FLAGS[name]}={amount}")
+        return (prlimit, *flags, "--")
+
+    def _env(self, where: str, raw: dict[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+        """Expand ${NAME} from the gateway's environment; what was expanded is secret."""
+        env: dict[str, str] = {}
+        secrets: list[str] = []
+        for name, value in raw.items():
+            for reference in REFERENCE.findall(value):
+                if reference not in self.environ:
+                    self.problems.append(
+                        f"{where}.env.{name}: ${{{reference}}} is not set in the gateway's environment"
+                    )
+                elif self.environ[reference]:
+                    secrets.append(self.environ[reference])
+            env[name] = REFERENCE.sub(lambda match: self.environ.get(match.group(1), ""), value)
+        return env, tuple(secrets)
+
+    def _run_as(self, where: str, user: str | int | None) -> RunAs | None:
+        if user is None:
+            return None
+        try:
+            entry = pwd.getpwuid(user) if isinstance(user, int) else pwd.getpwnam(user)
+        except KeyError:
+            self.problems.append(f"{where}.user: no user {user!r} exists on this machine")
+            return None
+        if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+            self.problems.append(
+                f"{where}.user: running as {entry.pw_name!r} needs the gateway to run as root; "
+                "drop the setting or start the gateway as root"
+            )
+            return None
+        return RunAs(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.errors import InvalidParameter, MissingParameter
+from gateway.redact import string_leaves
 
 if TYPE_CHECKING:
     from gateway.manifest import Command, Parameter
@@ -109,3 +110,13 @@ def _missing_message(command: Command, missing: Sequence[str]) -> str:
     names = ", ".join(f"'{name}'" for name in missing)
     noun = "parameter" if len(missing) == 1 else "parameters"
     return f"Command '{command.id}' is missing the required {noun} {names}."
+
+
+def secret_values(command: Command, payload: dict[str, Any]) -> list[str]:
+    """The strings of this request's parameters marked `secret`, to be redacted wherever text is shown."""
+    return [
+        leaf
+        for parameter in command.parameters
+        if parameter.secret
+        for leaf in string_leaves(payload.get(parameter.id))
+    ]

@@ -7,7 +7,8 @@ discovery answers are serialized once per load, not once per request.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +46,14 @@ def manifest_files(directories: Iterable[Path]) -> list[Path]:
     return files
 
 
-def load_registry(directories: Sequence[Path], default_timeout: float) -> Registry:
-    """Load every manifest; the first file to claim a command id keeps it, a later claimant is rejected."""
+def load_registry(
+    directories: Sequence[Path], default_timeout: float, environ: Mapping[str, str] | None = None
+) -> Registry:
+    """Load every manifest; the first file to claim a command id keeps it, a later claimant is rejected.
+
+    `environ` is where `${NAME}` references are looked up: the gateway's own environment by default.
+    """
+    environ = os.environ if environ is None else environ
     commands: dict[str, Command] = {}
     auths: dict[str, Auth] = {}
     manifests: list[Manifest] = []
@@ -54,7 +61,7 @@ def load_registry(directories: Sequence[Path], default_timeout: float) -> Regist
 
     for path in manifest_files(directories):
         try:
-            manifest = load_manifest(path, default_timeout)
+            manifest = load_manifest(path, default_timeout, environ)
             _check_conflicts(manifest, commands, auths)
         except ManifestError as error:
             failures.append(error)

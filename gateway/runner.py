@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import ConnectorStartFailed, ConnectorTimeout, OutputTooLarge
 from gateway.manifest import Command
+from gateway.redact import Redactor
 
 logger = logging.getLogger("gateway.connector")
 
@@ -59,6 +60,7 @@ class StderrLines:
     max_chars: int
     request_id: str
     command_id: str
+    redact: Redactor = field(default_factory=Redactor)
     lines: list[str] = field(default_factory=list)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
     dropped: int = 0
@@ -90,7 +92,7 @@ class StderrLines:
         self._partial += piece[: max(room, 0)]
 
     def _finish_line(self) -> None:
-        line = self._partial.decode("utf-8", errors="replace").rstrip("\r")
+        line = self.redact(self._partial.decode("utf-8", errors="replace").rstrip("\r"))
         if self._partial_cut or len(line) > self.max_chars:
             line = line[: self.max_chars] + " [cut]"
         self._partial.clear()
@@ -121,39 +123,57 @@ def child_environment(command: Command, request_id: str, deadline: float, source
     return env
 
 
-async def run_command(
-    command: Command,
-    stdin: bytes,
-    request_id: str,
-    limits: Limits,
-    environ: Mapping[str, str] | None = None,
-) -> Finished:
-    """Run the command's executable once; raise a ConnectorError if it cannot finish within its limits."""
-    deadline = time.time() + command.timeout
-    env = child_environment(command, request_id, deadline, os.environ if environ is None else environ)
-    stderr = StderrLines(limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id)
-    loop = asyncio.get_running_loop()
-    try:
-        transport, pipes = await loop.subprocess_exec(
-            lambda: _Pipes(loop, limits.max_stdout_bytes, stderr),
-            *command.argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=command.workdir,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        logger.error("[%s] %s could not be started: %s", request_id, command.id, exc)
-        raise ConnectorStartFailed(
-            f"The connector for '{command.id}' could not be started: {exc.strerror or exc}."
-        ) from exc
+class Runner:
+    """Starts connector processes and keeps track of the ones alive, to stop them all at shutdown."""
 
-    try:
-        return await _Supervisor(transport, pipes, command, request_id, limits).run(stdin)
-    finally:
-        transport.close()
+    def __init__(self, limits: Limits, environ: Mapping[str, str]) -> None:
+        self.limits = limits
+        self.environ = environ
+        self.spawned = 0
+        self.alive: set[int] = set()
+
+    async def run(self, command: Command, stdin: bytes, request_id: str, redact: Redactor) -> Finished:
+        """Run the command's executable once; raise a ConnectorError if it cannot finish within its limits."""
+        limits = self.limits
+        deadline = time.time() + command.timeout
+        env = child_environment(command, request_id, deadline, self.environ)
+        stderr = StderrLines(limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id, redact)
+        run_as = command.run_as
+        loop = asyncio.get_running_loop()
+        try:
+            transport, pipes = await loop.subprocess_exec(
+                lambda: _Pipes(loop, limits.max_stdout_bytes, stderr),
+                *command.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=command.workdir,
+                start_new_session=True,
+                user=run_as.uid if run_as else None,
+                group=run_as.gid if run_as else None,
+                extra_groups=[] if run_as else None,
+            )
+        except OSError as exc:
+            logger.error("[%s] %s could not be started: %s", request_id, command.id, exc)
+            raise ConnectorStartFailed(
+                f"The connector for '{command.id}' could not be started: {exc.strerror or exc}."
+            ) from exc
+
+        self.spawned += 1
+        pid = transport.get_pid()
+        self.alive.add(pid)
+        try:
+            return await _Supervisor(transport, pipes, command, request_id, limits).run(stdin)
+        finally:
+            self.alive.discard(pid)
+            transport.close()
+
+    def kill_all(self) -> None:
+        """Stop every connector still running: the gateway is going away."""
+        for pid in list(self.alive):
+            logger.warning("Killing connector process group %d at shutdown", pid)
+            signal_group(pid, signal.SIGKILL)
 
 
 class _Pipes(asyncio.SubprocessProtocol):

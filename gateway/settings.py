@@ -11,13 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from gateway.admission import AdmissionLimits
 from gateway.runner import Limits
 
 ENV_PREFIX = "CONNECTOR_GATEWAY_"
 API_KEY_VARIABLE = "CONNECTOR_PROXY_API_KEY"
 API_KEY_HEADER = "Spiff-Connector-Proxy-Api-Key"
+
+_V = TypeVar("_V", int, float)
 
 
 class SettingsError(ValueError):
@@ -37,6 +40,9 @@ class Settings:
     default_timeout: float = 30.0
     max_body_bytes: int = 32 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    # How long in-flight requests may go on after SIGTERM before they are cancelled.
+    shutdown_grace: float = 30.0
     log_level: str = "info"
 
     @classmethod
@@ -54,7 +60,14 @@ class Settings:
         values["default_timeout"] = reader.number("TIMEOUT")
         values["max_body_bytes"] = reader.integer("MAX_BODY_BYTES", 1, None)
         values["log_level"] = reader.text("LOG_LEVEL")
+        values["shutdown_grace"] = reader.number("SHUTDOWN_GRACE")
         stdout_limit = reader.integer("MAX_STDOUT_BYTES", 1, None)
+        unset = AdmissionLimits()
+        values["admission"] = AdmissionLimits(
+            max_running=_first(reader.integer("MAX_RUNNING", 1, None), unset.max_running),
+            max_waiting=_first(reader.integer("MAX_WAITING", 0, None), unset.max_waiting),
+            max_wait=_first(reader.number("MAX_WAIT"), unset.max_wait),
+        )
 
         api_key = env.get(API_KEY_VARIABLE)
         if api_key is not None:
@@ -109,6 +122,10 @@ class _Reader:
         if not 0 < value <= 3600:
             raise SettingsError(f"{ENV_PREFIX}{name} must be more than 0 and at most 3600 seconds, got {raw}.")
         return value
+
+
+def _first(value: _V | None, default: _V) -> _V:
+    return default if value is None else value
 
 
 def _is_loopback(host: str) -> bool:

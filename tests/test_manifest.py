@@ -25,7 +25,7 @@ def executable(directory: Path, name: str = "run.sh") -> Path:
 
 def problems(path: Path) -> list[str]:
     with pytest.raises(ManifestError) as caught:
-        load_manifest(path, default_timeout=30)
+        load_manifest(path, default_timeout=30, environ={})
     assert caught.value.path == path
     return caught.value.problems
 
@@ -60,7 +60,7 @@ auths:
 
 def test_complete_manifest_loads(tmp_path: Path) -> None:
     script = executable(tmp_path)
-    manifest = load_manifest(write(tmp_path, COMPLETE), default_timeout=30)
+    manifest = load_manifest(write(tmp_path, COMPLETE), default_timeout=30, environ={})
 
     create, void = manifest.commands
     assert create.id == "billing/CreateInvoice"
@@ -87,7 +87,7 @@ def test_default_timeout_applies_when_none_is_set(tmp_path: Path) -> None:
     executable(tmp_path)
     path = write(tmp_path, "manifest_version: 1\nconnector: c\ncommands:\n  - {name: A, run: [./run.sh]}\n")
 
-    command: Command = load_manifest(path, default_timeout=12.5).commands[0]
+    command: Command = load_manifest(path, default_timeout=12.5, environ={}).commands[0]
 
     assert command.timeout == 12.5
 
@@ -192,7 +192,7 @@ def test_time_limit_at_arenas_limit_is_a_warning(tmp_path: Path) -> None:
         tmp_path, "manifest_version: 1\nconnector: c\ncommands:\n  - {name: Slow, run: [./run.sh], timeout: 45}\n"
     )
 
-    manifest = load_manifest(path, default_timeout=30)
+    manifest = load_manifest(path, default_timeout=30, environ={})
 
     assert manifest.warnings == (
         "commands[0] (Slow).timeout: 45 s is at or above Arena's own limit of 45 s; Arena may give up and retry "

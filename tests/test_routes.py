@@ -123,14 +123,15 @@ def test_a_body_that_is_not_a_json_object_is_a_400(
 def test_a_body_over_the_limit_is_a_413(protocol: Protocol) -> None:
     app = create_app(make_settings(max_body_bytes=1000))
     with TestClient(app) as client:
-        declared = client.post("/v1/do/fake/Echo", content=json.dumps({"text": "x" * 2000}))
+        json_type = {"content-type": "application/json"}
+        declared = client.post("/v1/do/fake/Echo", content=json.dumps({"text": "x" * 2000}), headers=json_type)
 
         def chunks():  # no content-length: the limit holds on the stream too
             yield b'{"text": "'
             yield b"x" * 2000
             yield b'"}'
 
-        streamed = client.post("/v1/do/fake/Echo", content=chunks())
+        streamed = client.post("/v1/do/fake/Echo", content=chunks(), headers=json_type)
 
     for response in (declared, streamed):
         assert response.status_code == 413
