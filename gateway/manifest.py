@@ -373,7 +373,9 @@ class _Builder:
             return ()
         flags = []
         for name, value in limits.items():
-            amount = value * 1024 * 1024 if name == "memory_mb" else value
+            amount = str(value * 1024 * 1024 if name == "memory_mb" else value)
+            if name == "cpu_seconds":  # SIGXCPU at the limit, so the process can say why; SIGKILL a second later
+                amount = f"{value}:{value + 1}"
             flags.append(f"{_LIMIT_FLAGS[name]}={amount}")
         return (prlimit, *flags, "--")
 

@@ -23,6 +23,21 @@ def env():
     json.dump({"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv}, sys.stdout)
 
 
+def identity():
+    import resource
+
+    limits = {
+        name: resource.getrlimit(getattr(resource, name)) for name in ("RLIMIT_NOFILE", "RLIMIT_CPU", "RLIMIT_AS")
+    }
+    json.dump({"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "limits": limits}, sys.stdout)
+
+
+def burn():
+    """Spin on the CPU until something stops it."""
+    while True:
+        pass
+
+
 def emit():
     """Print exactly what the payload says: stdout text, stderr text, then exit with its status."""
     payload = read_payload()
@@ -100,6 +115,8 @@ def binary():
 MODES = {
     "echo": echo,
     "env": env,
+    "identity": identity,
+    "burn": burn,
     "emit": emit,
     "kill-self": kill_self,
     "sleep": sleep,
