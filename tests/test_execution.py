@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,14 @@ SPIFF_KEYS = {
     "spiff__task_id": "0b7f5c1e-8f43-4a5e-9d36-1f2b0c3d4e5f",
     "spiff__callback_url": "http://127.0.0.1:7000/v1.0/tasks/callback",
 }
+
+
+@pytest.fixture
+def client(client: TestClient) -> Iterator[TestClient]:
+    """The shared client, checked after each test: whatever a connector did, the next request is served."""
+    yield client
+    answer = client.post("/v1/do/fake/Echo", json={"text": "next"}).json()
+    assert answer["command_response"]["body"] == {"text": "next", "count": 1}
 
 
 def do(client: TestClient, protocol: Protocol, command: str, body: Any, status: int = 200) -> dict[str, Any]:
@@ -176,6 +185,23 @@ def test_plain_output_becomes_the_body(client: TestClient, protocol: Protocol, s
     assert answer["error"] is None
 
 
+def test_half_an_answer_then_death(client: TestClient, protocol: Protocol) -> None:
+    half = '{"command_response_version": 2, "command_response": {"bo'
+    answer = do(client, protocol, "Emit", {"stdout": half, "stderr": "segfault in the middle\n", "exit": 139})
+
+    message = assert_failed(answer, "connector_failed", 502)
+    assert message == (
+        "The connector for 'fake/Emit' exited with status 139. Its last stderr lines: segfault in the middle"
+    )
+
+
+def test_half_an_answer_with_success_is_plain_text(client: TestClient, protocol: Protocol) -> None:
+    half = '{"command_response_version": 2, "command_response": {"bo'
+    answer = do(client, protocol, "Emit", {"stdout": half})
+
+    assert answer["command_response"]["body"] == {"raw_response": half}
+
+
 def test_invalid_utf8_is_replaced(client: TestClient, protocol: Protocol) -> None:
     answer = do(client, protocol, "Binary", {})
 
@@ -282,7 +308,7 @@ def test_stderr_is_bounded_and_read_while_stdin_is_written(client: TestClient, p
 
 
 def test_a_huge_stderr_line_is_cut(client: TestClient, protocol: Protocol) -> None:
-    answer = do(client, protocol, "LongStderrLine", {"bytes": 10 * 1024 * 1024})
+    answer = do(client, protocol, "LongStderrLine", {"bytes": 100 * 1024 * 1024})
 
     first, last = answer["spiff__logs"]
     assert first == "y" * 2000 + " [cut]"
