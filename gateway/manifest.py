@@ -136,7 +136,7 @@ def load_manifest(path: Path, default_timeout: float, environ: Mapping[str, str]
     """
     document = _read_yaml(path)
 
-    problems = _schema_problems(document)
+    problems = schema_problems(document)
     if problems:
         raise ManifestError(path, problems)
 
@@ -159,7 +159,7 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(_schema())
 
 
-def _schema_problems(document: Any) -> list[str]:
+def schema_problems(document: Any) -> list[str]:
     errors = sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
     return [f"{_location(error.absolute_path)}: {_schema_message(error)}" for error in errors]
 

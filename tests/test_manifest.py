@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from gateway.manifest import Command, ManifestError, load_manifest
+from gateway.manifest import Command, ManifestError, load_manifest, schema_problems
 
 
 def write(directory: Path, text: str, name: str = "demo.yaml") -> Path:
@@ -204,3 +205,10 @@ def test_error_message_lists_every_problem_with_the_file(tmp_path: Path) -> None
     error = ManifestError(tmp_path / "x.yaml", ["first", "second"])
 
     assert str(error) == f"Manifest '{tmp_path / 'x.yaml'}' is invalid:\n  - first\n  - second"
+
+
+def test_the_reference_example_is_a_valid_manifest() -> None:
+    reference = (Path(__file__).parent.parent / "docs" / "manifests.md").read_text()
+    example = reference.split("## A complete example", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+
+    assert schema_problems(yaml.safe_load(example)) == []
