@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -72,7 +72,13 @@ def create_app(
             Middleware(AccessLog),
             Middleware(ApiKeyCheck, api_key=settings.api_key),
         ],
-        exception_handlers={RequestError: request_error, HTTPException: http_error, Exception: internal_error},
+        exception_handlers={
+            RequestError: request_error,
+            CallerGone: caller_gone,
+            ClientDisconnect: caller_gone,
+            HTTPException: http_error,
+            Exception: internal_error,
+        },
         lifespan=_lifespan,
     )
     app.state.settings = settings
@@ -133,8 +139,7 @@ async def do_command(request: Request) -> Response:
         answer = await _until_disconnected(request, _execute(request, command, stdin, redact))
     if answer is None:
         logger.info("[%s] %s: the caller went away; its connector was stopped", request_id, command.id)
-        request.state.error_code = "caller_gone"
-        return Response(status_code=499)
+        raise CallerGone()
     return JSONResponse(answer)
 
 
@@ -188,6 +193,16 @@ async def start_auth(request: Request) -> Response:
         f"The handler '{auth_id}' is declared, but this gateway does not run browser sign-in flows yet. "
         "Store the token set in Arena as a secret by hand for now.",
     )
+
+
+class CallerGone(Exception):
+    """The caller hung up: there is no one left to answer."""
+
+
+async def caller_gone(request: Request, exc: Exception) -> Response:
+    request.state.error_code = "caller_gone"
+    # Never sent; the status only tells the access log what happened, as nginx's 499 does.
+    return Response(status_code=499)
 
 
 async def request_error(request: Request, exc: Exception) -> Response:
