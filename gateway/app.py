@@ -30,6 +30,7 @@ from gateway.errors import (
     ConnectorError,
     InternalError,
     InvalidBody,
+    InvalidOutput,
     RequestError,
     Saturated,
     UnsupportedMediaType,
@@ -65,7 +66,6 @@ def create_app(
             Route("/v1/commands", list_commands),
             Route("/v1/auths", list_auths),
             Route("/v1/do/{connector}/{command}", do_command, methods=["POST"]),
-            Route("/v1/do/{rest:path}", unknown_command, methods=["POST"]),
             Route("/v1/auth/{connector}/{auth}", start_auth),
         ],
         middleware=[
@@ -81,6 +81,7 @@ def create_app(
         },
         lifespan=_lifespan,
     )
+    app.router.redirect_slashes = False  # a 307 is no answer Arena can use
     app.state.settings = settings
     app.state.registry = registry
     app.state.runner = Runner(settings.limits, environ)
@@ -130,7 +131,7 @@ async def do_command(request: Request) -> Response:
     _check_media_type(request)
     body = await _read_json_object(request, settings.max_body_bytes)
     payload = prepare_payload(command, body)
-    stdin = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    stdin = _encode(payload)
     redact = Redactor([*command.secret_values, *secret_values(command, payload)])
 
     request_id: str = request.state.request_id
@@ -140,23 +141,36 @@ async def do_command(request: Request) -> Response:
     if answer is None:
         logger.info("[%s] %s: the caller went away; its connector was stopped", request_id, command.id)
         raise CallerGone()
-    return JSONResponse(answer)
+    return Response(answer, media_type="application/json")
 
 
-async def _execute(request: Request, command: Command, stdin: bytes, redact: Redactor) -> dict[str, Any]:
-    """Run the command and shape its outcome, success or failure, as a version 2 envelope."""
+async def _execute(request: Request, command: Command, stdin: bytes, redact: Redactor) -> bytes:
+    """Run the command and shape its outcome, success or failure, as an encoded version 2 envelope."""
     request_id: str = request.state.request_id
     runner: Runner = request.app.state.runner
     try:
         finished = await runner.run(command, stdin, request_id, redact)
         answer = envelope.from_output(finished, command.id, redact)
+        encoded = _encode_answer(answer, command.id, finished.stderr.logs())
     except ConnectorError as error:
         logger.warning("[%s] %s failed: %s %s", request_id, command.id, error.code, error.message)
         request.state.error_code = error.code
-        return envelope.failure(error)
+        return _encode_answer(envelope.failure(error), command.id, [])
     if answer["error"] is not None:
         request.state.error_code = answer["error"].get("error_code")
-    return answer
+    return encoded
+
+
+def _encode_answer(answer: dict[str, Any], command_id: str, logs: list[str]) -> bytes:
+    # Encoded here, not by the response: a connector's JSON can be valid yet unencodable, nested
+    # deeper than the encoder recurses or holding a lone surrogate escape, and that is its fault.
+    try:
+        return json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    except (RecursionError, UnicodeEncodeError) as exc:
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else "it holds a lone surrogate escape"
+        raise InvalidOutput(
+            f"The connector for '{command_id}' printed JSON that cannot be sent on: {reason}.", logs
+        ) from None
 
 
 async def _until_disconnected(request: Request, work: Coroutine[Any, Any, _T]) -> _T | None:
@@ -176,10 +190,6 @@ async def _caller_gone(request: Request) -> None:
     # The body has been read, so the next message the server sends is the disconnect.
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-async def unknown_command(request: Request) -> Response:
-    raise _not_found(request.path_params["rest"])
 
 
 async def start_auth(request: Request) -> Response:
@@ -214,6 +224,9 @@ async def request_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    path: str = request.scope["path"]  # as decoded by the server: request.url drops control characters
+    if exc.status_code == 404 and path.startswith("/v1/do/"):
+        return await request_error(request, _not_found(path.removeprefix("/v1/do/")))
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
     body = {"command_response": {}, "error": {"error_code": code, "message": exc.detail}}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
@@ -233,6 +246,14 @@ def _not_found(command_id: str) -> CommandNotFound:
     return CommandNotFound(f"No command '{command_id}' is served here; GET /v1/commands lists the commands.")
 
 
+def _encode(payload: dict[str, Any]) -> bytes:
+    try:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        # JSON's \uXXXX escapes can spell half of a surrogate pair, which is no character at all.
+        raise InvalidBody("The request body holds a lone surrogate escape (such as \\ud800), not text.") from None
+
+
 def _check_media_type(request: Request) -> None:
     media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
@@ -242,7 +263,7 @@ def _check_media_type(request: Request) -> None:
 
 async def _read_json_object(request: Request, limit: int) -> dict[str, Any]:
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     raw = bytearray()
     async for chunk in request.stream():
@@ -342,9 +363,14 @@ class AccessLog:
                 "%s %s %s %d command=%s error=%s %.1fms",
                 request_id,
                 scope["method"],
-                scope["path"],
+                _printable(scope["path"]),
                 status,
-                state.get("command", "-"),
+                _printable(state.get("command", "-")),
                 state.get("error_code", "-"),
                 (time.perf_counter() - started) * 1000,
             )
+
+
+def _printable(text: str) -> str:
+    """Text from the caller, with line breaks and other controls escaped: it cannot forge a log line."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")

@@ -23,6 +23,7 @@ from gateway.errors import (
     InvalidOutput,
     RequestError,
 )
+from gateway.jsonlimits import MAX_DEPTH, nests_deeper_than
 from gateway.redact import Redactor
 from gateway.runner import Finished
 
@@ -101,6 +102,10 @@ def from_output(finished: Finished, command_id: str, redact: Redactor) -> dict[s
     logs = finished.stderr.logs()
     _check_exit(finished, command_id, logs)
 
+    if nests_deeper_than(finished.stdout):
+        raise InvalidOutput(
+            f"The connector for '{command_id}' printed JSON nested more than {MAX_DEPTH} levels deep.", logs
+        )
     text = finished.stdout.decode("utf-8", errors="replace")
     try:
         value = json.loads(text, parse_constant=_reject_constant)

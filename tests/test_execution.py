@@ -202,6 +202,22 @@ def test_half_an_answer_with_success_is_plain_text(client: TestClient, protocol:
     assert answer["command_response"]["body"] == {"raw_response": half}
 
 
+def test_an_answer_nested_too_deeply_is_refused(client: TestClient, protocol: Protocol) -> None:
+    answer = do(client, protocol, "Emit", {"stdout": "[" * 300 + "]" * 300})
+
+    message = assert_failed(answer, "connector_invalid_output", 502)
+    assert message == "The connector for 'fake/Emit' printed JSON nested more than 256 levels deep."
+
+
+def test_a_lone_surrogate_in_an_answer_is_refused(client: TestClient, protocol: Protocol) -> None:
+    answer = do(client, protocol, "Emit", {"stdout": '{"name": "\\ud800"}'})
+
+    message = assert_failed(answer, "connector_invalid_output", 502)
+    assert message == (
+        "The connector for 'fake/Emit' printed JSON that cannot be sent on: it holds a lone surrogate escape."
+    )
+
+
 def test_invalid_utf8_is_replaced(client: TestClient, protocol: Protocol) -> None:
     answer = do(client, protocol, "Binary", {})
 
