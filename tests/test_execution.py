@@ -299,6 +299,30 @@ def test_connector_ignoring_sigterm_is_killed(client: TestClient, protocol: Prot
     assert do(client, protocol, "Echo", {"text": "still serving"})["error"] is None
 
 
+def test_time_limit_stops_the_whole_process_group(client: TestClient, protocol: Protocol) -> None:
+    answer = do(client, protocol, "FamilyHang", {})
+
+    assert_failed(answer, "connector_timeout", 504)
+    [line] = answer["spiff__logs"]
+    grandchild = int(line.removeprefix("grandchild "))
+    assert not _alive(grandchild)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie is dead, waiting for init to reap it
+
+
+def test_request_headers_never_reach_the_connector(client: TestClient) -> None:
+    headers = {"Authorization": "Bearer header-token", "Cookie": "session=header-cookie"}
+    env = client.post("/v1/do/fake/Env", json={}, headers=headers).json()["command_response"]["body"]["env"]
+
+    assert not any("header-token" in value or "header-cookie" in value for value in env.values())
+
+
 def test_grandchild_holding_stdout_does_not_hold_the_request(client: TestClient, protocol: Protocol) -> None:
     answer = do(client, protocol, "Grandchild", {})
 

@@ -76,6 +76,18 @@ def grandchild():
     json.dump({"ok": True}, sys.stdout)
 
 
+def family_hang():
+    """Start a grandchild, report its pid on stderr, and hang with it."""
+    read_payload()
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    sys.stderr.write(f"grandchild {pid}\n")
+    sys.stderr.flush()
+    time.sleep(60)
+
+
 def flood_stdout():
     size = read_payload().get("bytes", 1)
     chunk = b"x" * 65536
@@ -122,6 +134,7 @@ MODES = {
     "sleep": sleep,
     "ignore-term": ignore_term,
     "grandchild": grandchild,
+    "family-hang": family_hang,
     "flood-stdout": flood_stdout,
     "flood-stderr-first": flood_stderr_first,
     "long-stderr-line": long_stderr_line,
