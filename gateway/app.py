@@ -28,6 +28,8 @@ from gateway.errors import (
     BodyTooLarge,
     CommandNotFound,
     ConnectorError,
+    ConnectorFailed,
+    ConnectorUnavailable,
     InternalError,
     InvalidBody,
     InvalidOutput,
@@ -41,6 +43,7 @@ from gateway.redact import Redactor
 from gateway.registry import Registry, load_registry
 from gateway.runner import Runner
 from gateway.settings import API_KEY_HEADER, Settings
+from gateway.workers import Pools
 
 logger = logging.getLogger("gateway")
 access_logger = logging.getLogger("gateway.access")
@@ -85,14 +88,18 @@ def create_app(
     app.state.settings = settings
     app.state.registry = registry
     app.state.runner = Runner(settings.limits, environ)
+    app.state.pools = Pools(settings.limits, environ)
     app.state.admission = Admission(settings.admission)
     return app
 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    pools: Pools = app.state.pools
+    await pools.start_eager(list(app.state.registry.commands.values()))
     yield
     # Requests still running past the server's graceful shutdown were cancelled; their children must not outlive us.
+    await pools.shutdown(app.state.settings.limits.kill_grace)
     app.state.runner.kill_all()
 
 
@@ -147,11 +154,9 @@ async def do_command(request: Request) -> Response:
 async def _execute(request: Request, command: Command, stdin: bytes, redact: Redactor) -> bytes:
     """Run the command and shape its outcome, success or failure, as an encoded version 2 envelope."""
     request_id: str = request.state.request_id
-    runner: Runner = request.app.state.runner
     try:
-        finished = await runner.run(command, stdin, request_id, redact)
-        answer = envelope.from_output(finished, command.id, redact)
-        encoded = _encode_answer(answer, command.id, finished.stderr.logs())
+        answer, logs = await _dispatch(request, command, stdin, redact)
+        encoded = _encode_answer(answer, command.id, logs)
     except ConnectorError as error:
         logger.warning("[%s] %s failed: %s %s", request_id, command.id, error.code, error.message)
         request.state.error_code = error.code
@@ -159,6 +164,25 @@ async def _execute(request: Request, command: Command, stdin: bytes, redact: Red
     if answer["error"] is not None:
         request.state.error_code = answer["error"].get("error_code")
     return encoded
+
+
+async def _dispatch(
+    request: Request, command: Command, stdin: bytes, redact: Redactor
+) -> tuple[dict[str, Any], list[str]]:
+    """The envelope from a spawned process or from a worker, with the logs that came with it."""
+    request_id: str = request.state.request_id
+    if command.workers is None:
+        runner: Runner = request.app.state.runner
+        finished = await runner.run(command, stdin, request_id, redact)
+        return envelope.from_output(finished, command.id, redact), finished.stderr.logs()
+
+    pools: Pools = request.app.state.pools
+    answer = await pools.of(command).run(command, stdin, request_id, redact)
+    logs = [redact(line) for line in answer.logs]
+    if answer.failed is not None:
+        failure = ConnectorUnavailable if answer.temporary else ConnectorFailed
+        raise failure(f"The connector for '{command.id}' failed: {redact(answer.failed)}", logs)
+    return envelope.from_value(answer.result, logs, command.id, redact), logs
 
 
 def _encode_answer(answer: dict[str, Any], command_id: str, logs: list[str]) -> bytes:

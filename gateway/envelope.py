@@ -111,7 +111,11 @@ def from_output(finished: Finished, command_id: str, redact: Redactor) -> dict[s
         value = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         return success({"raw_response": text}, logs)
+    return from_value(value, logs, command_id, redact)
 
+
+def from_value(value: Any, logs: list[str], command_id: str, redact: Redactor) -> dict[str, Any]:
+    """The envelope for a connector's JSON answer: its own envelope, checked, or the body of a new one."""
     if isinstance(value, dict) and "command_response_version" in value:
         return _connector_envelope(value, logs, command_id, redact)
     return success(value, logs)

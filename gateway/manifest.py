@@ -83,6 +83,14 @@ class RunAs:
     gid: int
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    size: int = 1
+    concurrency: int = 1
+    max_requests: int = 10_000
+    start: Literal["lazy", "eager"] = "lazy"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Command(Listed):
     argv: tuple[str, ...]
@@ -95,10 +103,16 @@ class Command(Listed):
     run_as: RunAs | None = None
     concurrency: int | None = None
     queue: int = 0
+    workers: WorkerSettings | None = None  # set in worker mode
 
     @property
     def workdir(self) -> Path:
         return self.source.parent
+
+    @property
+    def pool_key(self) -> tuple[object, ...]:
+        """Commands with the same key share one worker pool: the same program, started the same way."""
+        return (self.source, self.argv, tuple(sorted(self.env.items())), self.inherit_env, self.run_as, self.workers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,6 +301,7 @@ class _Builder:
                     run_as=self._run_as(where, settings.get("user")),
                     concurrency=concurrency,
                     queue=settings.get("queue", 2 * concurrency if concurrency else 0),
+                    workers=_worker_settings(settings),
                 )
             )
         return tuple(commands)
@@ -429,6 +444,12 @@ def _resolve_executable(name: str, base: Path) -> str | _Unresolved:
     if not os.access(path, os.X_OK):
         return _Unresolved(f"{name!r} is not executable; run: chmod +x {path}")
     return str(path)
+
+
+def _worker_settings(settings: dict[str, Any]) -> WorkerSettings | None:
+    if settings.get("mode", "spawn") != "worker":
+        return None
+    return WorkerSettings(**settings.get("workers", {}))
 
 
 def _spiff_keys(raw: str | list[str]) -> SpiffKeys:

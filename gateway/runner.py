@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.errors import ConnectorStartFailed, ConnectorTimeout, OutputTooLarge
 from gateway.manifest import Command
@@ -61,6 +62,8 @@ class StderrLines:
     request_id: str
     command_id: str
     redact: Redactor = field(default_factory=Redactor)
+    # False for a worker's stderr outside any one request: every line is logged, none is kept.
+    keep: bool = True
     lines: list[str] = field(default_factory=list)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
     dropped: int = 0
@@ -99,28 +102,57 @@ class StderrLines:
         self._partial_cut = False
 
         self.tail.append(line)
-        if len(self.lines) < self.max_lines:
+        if not self.keep:
+            logger.info("%s stderr: %s", self.command_id, line)
+        elif len(self.lines) < self.max_lines:
             self.lines.append(line)
             logger.info("[%s] %s stderr: %s", self.request_id, self.command_id, line)
         else:
             self.dropped += 1
 
 
-def child_environment(command: Command, request_id: str, deadline: float, source: Mapping[str, str]) -> dict[str, str]:
-    """The child's whole environment: a few harmless basics, the request's metadata, the manifest's own."""
+def base_environment(command: Command, source: Mapping[str, str]) -> dict[str, str]:
+    """What every process of the command gets: a few harmless basics and the manifest's own."""
     env = {name: source[name] for name in PASSED_THROUGH if name in source}
     env.setdefault("LANG", "C.UTF-8")
     env["PATH"] = DEFAULT_PATH
     env.update({name: source[name] for name in command.inherit_env if name in source})
     env.update(command.env)
+    env["CONNECTOR_PROTOCOL"] = PROTOCOL_VERSION
+    return env
+
+
+def child_environment(command: Command, request_id: str, deadline: float, source: Mapping[str, str]) -> dict[str, str]:
+    """A spawned child's whole environment: the basics and the request's metadata."""
+    env = base_environment(command, source)
     env.update(
-        CONNECTOR_PROTOCOL=PROTOCOL_VERSION,
         CONNECTOR_COMMAND=command.id,
         CONNECTOR_REQUEST_ID=request_id,
         CONNECTOR_TIMEOUT=f"{command.timeout:g}",
         CONNECTOR_DEADLINE=f"{deadline:.3f}",
     )
     return env
+
+
+def spawn_options(command: Command, env: Mapping[str, str]) -> dict[str, Any]:
+    """How every connector process starts: three pipes, its own session, its manifest's directory and user."""
+    run_as = command.run_as
+    return {
+        "stdin": subprocess.PIPE,
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.PIPE,
+        "env": env,
+        "cwd": command.workdir,
+        "start_new_session": True,
+        "user": run_as.uid if run_as else None,
+        "group": run_as.gid if run_as else None,
+        "extra_groups": [] if run_as else None,
+    }
+
+
+def start_failure(command: Command, request_id: str, exc: OSError) -> ConnectorStartFailed:
+    logger.error("[%s] %s could not be started: %s", request_id, command.id, exc)
+    return ConnectorStartFailed(f"The connector for '{command.id}' could not be started: {exc.strerror or exc}.")
 
 
 class Runner:
@@ -138,27 +170,13 @@ class Runner:
         deadline = time.time() + command.timeout
         env = child_environment(command, request_id, deadline, self.environ)
         stderr = StderrLines(limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id, redact)
-        run_as = command.run_as
         loop = asyncio.get_running_loop()
         try:
             transport, pipes = await loop.subprocess_exec(
-                lambda: _Pipes(loop, limits.max_stdout_bytes, stderr),
-                *command.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                cwd=command.workdir,
-                start_new_session=True,
-                user=run_as.uid if run_as else None,
-                group=run_as.gid if run_as else None,
-                extra_groups=[] if run_as else None,
+                lambda: _Pipes(loop, limits.max_stdout_bytes, stderr), *command.argv, **spawn_options(command, env)
             )
         except OSError as exc:
-            logger.error("[%s] %s could not be started: %s", request_id, command.id, exc)
-            raise ConnectorStartFailed(
-                f"The connector for '{command.id}' could not be started: {exc.strerror or exc}."
-            ) from exc
+            raise start_failure(command, request_id, exc) from exc
 
         self.spawned += 1
         pid = transport.get_pid()

@@ -1,0 +1,391 @@
+"""Worker mode: pools of long-lived connector processes that take requests as lines of JSON.
+
+A pool belongs to one program started one way (see `Command.pool_key`). Each
+request goes to the least busy worker with room for it; a worker that crashes,
+misbehaves or overruns a request it took alone is stopped and replaced, and only
+the requests it held fail. The line protocol is in docs/connector-protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import (
+    ConnectorCrashed,
+    ConnectorError,
+    ConnectorTimeout,
+    ConnectorUnavailable,
+    InvalidOutput,
+    OutputTooLarge,
+)
+from gateway.manifest import Command, WorkerSettings
+from gateway.redact import Redactor
+from gateway.runner import Limits, StderrLines, base_environment, signal_group, spawn_options, start_failure
+
+logger = logging.getLogger("gateway.workers")
+
+# A worker that exits this soon after starting, without answering anything, counts towards the restart backoff.
+EARLY_EXIT = 5.0
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 30.0
+
+
+@dataclass
+class Answer:
+    """A worker's answer line, decoded: `result` or `failed`, with the logs that go with it."""
+
+    result: Any = None
+    failed: str | None = None
+    temporary: bool = False
+    logs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    request_id: str
+    command: Command
+    future: asyncio.Future[Answer]
+    stderr: StderrLines | None  # set when the worker takes one request at a time
+
+
+class Worker:
+    """One long-lived process of a pool, and the requests it holds."""
+
+    def __init__(self, pool: Pool, number: int) -> None:
+        self.pool = pool
+        self.number = number
+        self.pending: dict[str, _Pending] = {}
+        self.served = 0
+        self.answered = 0
+        self.started = time.monotonic()
+        self.draining = False
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.stdout_closed: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.pid = 0
+        self._stdin: asyncio.WriteTransport | None = None
+        self._reaper: asyncio.Future[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"worker {self.number} of {self.pool.label}"
+
+    @property
+    def load(self) -> int:
+        return len(self.pending)
+
+    async def start(self, command: Command, environ: Mapping[str, str]) -> None:
+        env = base_environment(command, environ)
+        env.update(CONNECTOR_MODE="worker", CONNECTOR_CONCURRENCY=str(self.pool.settings.concurrency))
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.subprocess_exec(
+            lambda: _WorkerPipes(self), *command.argv, **spawn_options(command, env)
+        )
+        self.transport = transport
+        self.pid = transport.get_pid()
+        stdin = transport.get_pipe_transport(0)
+        assert isinstance(stdin, asyncio.WriteTransport)
+        self._stdin = stdin
+        logger.info("Started %s (pid %d)", self.name, self.pid)
+
+    def send(self, line: bytes) -> None:
+        assert self._stdin is not None
+        self._stdin.write(line)
+
+    def take(self, pending: _Pending, line: bytes) -> None:
+        self.pending[pending.request_id] = pending
+        self.served += 1
+        if self.pool.settings.max_requests and self.served >= self.pool.settings.max_requests:
+            self.draining = True
+        self.send(line)
+
+    def release(self, request_id: str) -> None:
+        self.pending.pop(request_id, None)
+        if self.draining and not self.pending:
+            self.close_input()
+
+    def close_input(self) -> None:
+        """End of file on stdin: the worker finishes what it holds and exits."""
+        if self._stdin is not None and not self._stdin.is_closing():
+            self._stdin.close()
+
+    def on_line(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+            request_id = message["id"]
+            pending = self.pending[request_id]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            if self._was_cancelled(line):
+                return
+            self.fail(InvalidOutput(f"The {self.name} printed a line that is not an answer to a request it holds."))
+            return
+        answer = _decode(message)
+        if answer is None:
+            self.fail(InvalidOutput(f"The {self.name} printed an answer with neither 'result' nor 'failed'."))
+            return
+        if pending.stderr is not None:
+            pending.stderr.close()
+            answer.logs = [*answer.logs, *pending.stderr.logs()]
+        self.answered += 1
+        if not pending.future.done():
+            pending.future.set_result(answer)
+
+    def on_stderr(self, data: bytes) -> None:
+        holder = next(iter(self.pending.values()), None) if self.pool.settings.concurrency == 1 else None
+        if holder is not None and holder.stderr is not None:
+            holder.stderr.feed(data)
+        else:
+            self.pool.stderr_log.feed(data)
+
+    def on_exit(self) -> None:
+        """The process is gone; its last answers may still be in the pipe, so they are read first."""
+        if not self.exited.done():
+            self.exited.set_result(None)
+        self._reaper = asyncio.ensure_future(self._after_exit())
+
+    async def _after_exit(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.pool.limits.drain_timeout):
+                await asyncio.shield(self.stdout_closed)
+        returncode = self.transport.get_returncode() if self.transport else None
+        if returncode is not None and returncode < 0:
+            how = f"was killed by {signal.Signals(-returncode).name}"
+        else:
+            how = f"exited with status {returncode}"
+        self.fail(ConnectorCrashed(f"The {self.name} {how} while it held this request."))
+        if self.transport is not None:
+            self.transport.close()
+
+    def fail(self, error: ConnectorError) -> None:
+        """Every request this worker holds fails with `error`, and the worker is stopped."""
+        for pending in list(self.pending.values()):
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self.pending.clear()
+        self.stop()
+
+    def stop(self) -> None:
+        self.pool.forget(self)
+        if not self.pid:
+            return
+        if self.exited.done():
+            signal_group(self.pid, signal.SIGKILL)  # whatever it left behind in its group
+            return
+        signal_group(self.pid, signal.SIGTERM)
+        asyncio.get_running_loop().call_later(self.pool.limits.kill_grace, signal_group, self.pid, signal.SIGKILL)
+
+    def _was_cancelled(self, line: bytes) -> bool:
+        """A late answer to a request the gateway cancelled is expected, and dropped."""
+        with contextlib.suppress(ValueError, KeyError, TypeError, RecursionError):
+            return bool(json.loads(line)["id"] in self.pool.cancelled)
+        return False
+
+
+def _decode(message: dict[str, Any]) -> Answer | None:
+    logs = message.get("logs", [])
+    logs = [str(line) for line in logs] if isinstance(logs, list) else []
+    if "result" in message:
+        return Answer(result=message["result"], logs=logs)
+    if "failed" in message:
+        return Answer(failed=str(message["failed"]), temporary=message.get("temporary") is True, logs=logs)
+    return None
+
+
+class _WorkerPipes(asyncio.SubprocessProtocol):
+    """Splits a worker's stdout into lines, bounded in length, and passes its stderr on."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.buffer = bytearray()
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 2:
+            self.worker.on_stderr(data)
+            return
+        self.buffer += data
+        while (end := self.buffer.find(b"\n")) != -1:
+            line = bytes(self.buffer[:end])
+            del self.buffer[: end + 1]
+            if line.strip():
+                self.worker.on_line(line)
+        if len(self.buffer) > self.worker.pool.limits.max_stdout_bytes:
+            self.buffer.clear()
+            limit = self.worker.pool.limits.max_stdout_bytes
+            self.worker.fail(OutputTooLarge(f"The {self.worker.name} printed a line longer than {limit} bytes."))
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1 and not self.worker.stdout_closed.done():
+            self.worker.stdout_closed.set_result(None)
+
+    def process_exited(self) -> None:
+        self.worker.on_exit()
+
+
+class Pool:
+    """The workers of one program, started lazily or eagerly, replaced when they fail."""
+
+    def __init__(self, command: Command, limits: Limits, environ: Mapping[str, str]) -> None:
+        assert command.workers is not None
+        self.command = command
+        self.settings: WorkerSettings = command.workers
+        self.limits = limits
+        self.environ = environ
+        self.label = f"'{command.id}'"
+        self.workers: list[Worker] = []
+        self.room = asyncio.Semaphore(self.settings.size * self.settings.concurrency)
+        self.cancelled: set[str] = set()
+        self.stderr_log = StderrLines(
+            0, limits.max_stderr_line_chars, "-", command.id, Redactor(command.secret_values), keep=False
+        )
+        self.spawned = 0
+        self.restarts = 0
+        self._early_exits = 0
+        self._next_start = 0.0
+        self._numbers = 0
+        self._starting: asyncio.Lock = asyncio.Lock()
+
+    async def fill(self) -> None:
+        """Start every worker now: for `start: eager`."""
+        while len(self._live()) < self.settings.size:
+            await self._start_worker()
+
+    async def run(self, command: Command, payload: bytes, request_id: str, redact: Redactor) -> Answer:
+        deadline = time.time() + command.timeout
+        try:
+            async with asyncio.timeout(command.timeout):
+                await self.room.acquire()
+        except TimeoutError:
+            raise self._timeout(command, []) from None
+        try:
+            return await self._call(await self._worker_with_room(), command, payload, request_id, redact, deadline)
+        finally:
+            self.room.release()
+
+    async def _call(
+        self, worker: Worker, command: Command, payload: bytes, request_id: str, redact: Redactor, deadline: float
+    ) -> Answer:
+        stderr = None
+        if self.settings.concurrency == 1:
+            limits = self.limits
+            stderr = StderrLines(limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id, redact)
+        pending = _Pending(request_id, command, asyncio.get_running_loop().create_future(), stderr)
+        worker.take(pending, _request_line(request_id, command.id, deadline, payload))
+        try:
+            async with asyncio.timeout(max(deadline - time.time(), 0)):
+                return await asyncio.shield(pending.future)
+        except TimeoutError:
+            self._abandon(worker, request_id)
+            raise self._timeout(command, stderr.logs() if stderr else []) from None
+        except asyncio.CancelledError:
+            self._abandon(worker, request_id)
+            raise
+        finally:
+            worker.release(request_id)
+
+    def _timeout(self, command: Command, logs: list[str]) -> ConnectorTimeout:
+        message = f"The connector for '{command.id}' did not answer within its time limit of {command.timeout:g} s."
+        return ConnectorTimeout(message, logs)
+
+    def _abandon(self, worker: Worker, request_id: str) -> None:
+        """A request is given up: a worker that took it alone is replaced, another is told to cancel it."""
+        if self.settings.concurrency == 1:
+            worker.pending.pop(request_id, None)
+            worker.fail(ConnectorTimeout("abandoned"))
+            return
+        self.cancelled.add(request_id)
+        worker.send(json.dumps({"cancel": request_id}).encode() + b"\n")
+
+    async def _worker_with_room(self) -> Worker:
+        live = self._live()
+        with_room = [worker for worker in live if worker.load < self.settings.concurrency]
+        if with_room:
+            return min(with_room, key=lambda worker: worker.load)
+        return await self._start_worker()
+
+    async def _start_worker(self) -> Worker:
+        async with self._starting:
+            wait = self._next_start - time.monotonic()
+            if wait > 0:
+                raise ConnectorUnavailable(
+                    f"The workers of '{self.command.id}' keep exiting soon after they start; "
+                    f"the next start is in {wait:.1f} s."
+                )
+            self._numbers += 1
+            worker = Worker(self, self._numbers)
+            try:
+                await worker.start(self.command, self.environ)
+            except OSError as exc:
+                raise start_failure(self.command, "-", exc) from exc
+            self.spawned += 1
+            self.workers.append(worker)
+            return worker
+
+    def _live(self) -> list[Worker]:
+        return [worker for worker in self.workers if not worker.draining and not worker.exited.done()]
+
+    def forget(self, worker: Worker) -> None:
+        if worker not in self.workers:
+            return
+        self.workers.remove(worker)
+        lived = time.monotonic() - worker.started
+        if worker.exited.done() and worker.answered == 0 and lived < EARLY_EXIT and not worker.draining:
+            self._early_exits += 1
+            delay = min(BACKOFF_FIRST * 2 ** (self._early_exits - 1), BACKOFF_MAX)
+            self._next_start = time.monotonic() + delay
+            self.restarts += 1
+            logger.warning("The %s exited %.1f s after it started; next start in %.1f s", worker.name, lived, delay)
+        elif worker.exited.done():
+            self._early_exits = 0
+
+    async def shutdown(self, grace: float) -> None:
+        """Close every worker's input, let them finish for `grace` seconds, then kill what is left."""
+        workers = list(self.workers)
+        for worker in workers:
+            worker.close_input()
+        exits = [worker.exited for worker in workers if worker.pid]
+        if exits:
+            await asyncio.wait(exits, timeout=grace)
+        for worker in workers:
+            if not worker.exited.done():
+                signal_group(worker.pid, signal.SIGKILL)
+
+
+def _request_line(request_id: str, command_id: str, deadline: float, payload: bytes) -> bytes:
+    # The payload is already encoded for spawn mode; it is spliced in rather than decoded and encoded again.
+    head = json.dumps({"id": request_id, "command": command_id, "deadline": round(deadline, 3)})
+    return head[:-1].encode() + b',"payload":' + payload + b"}\n"
+
+
+class Pools:
+    """Every worker pool of the gateway, by pool key."""
+
+    def __init__(self, limits: Limits, environ: Mapping[str, str]) -> None:
+        self.limits = limits
+        self.environ = environ
+        self.pools: dict[tuple[object, ...], Pool] = {}
+
+    def of(self, command: Command) -> Pool:
+        pool = self.pools.get(command.pool_key)
+        if pool is None:
+            pool = self.pools[command.pool_key] = Pool(command, self.limits, self.environ)
+        return pool
+
+    async def start_eager(self, commands: list[Command]) -> None:
+        for command in commands:
+            if command.workers is not None and command.workers.start == "eager":
+                try:
+                    await self.of(command).fill()
+                except ConnectorError as error:
+                    logger.error("Could not start the workers of '%s': %s", command.id, error.message)
+
+    async def shutdown(self, grace: float) -> None:
+        await asyncio.gather(*(pool.shutdown(grace) for pool in self.pools.values()))
