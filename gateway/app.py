@@ -103,6 +103,15 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     app.state.runner.kill_all()
 
 
+def app_from_environment() -> Starlette:
+    """The app of one of several gateway processes (`serve --workers N`), set up from the environment."""
+    from gateway.cli import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
 def log_registry(registry: Registry) -> None:
     for manifest in registry.manifests:
         logger.info("Loaded manifest '%s': %d commands", manifest.path, len(manifest.commands))

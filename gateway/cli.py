@@ -5,14 +5,22 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
-from gateway.registry import load_registry
-from gateway.settings import API_KEY_VARIABLE, ENV_PREFIX, Settings, SettingsError, bundled_manifests
+from gateway.registry import load_registry, manifest_files
+from gateway.settings import (
+    API_KEY_VARIABLE,
+    ENV_PREFIX,
+    Settings,
+    SettingsError,
+    bundled_manifests,
+    settings_environment,
+)
 
 logger = logging.getLogger("gateway")
 
@@ -76,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve the bundled manifests after the --manifests directories",
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gateway processes sharing the port (default 1); each has its own pools and limits",
+    )
     serve.add_argument("--timeout", type=float, help="default time limit in seconds (default 30)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(handler=_serve)
@@ -112,7 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"connector-gateway: {exc}", file=sys.stderr)
         return 2
 
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level)
     if settings.exposed_without_key:
         logger.warning(
             "Listening on %s without %s: anyone who can reach this address can run every command, "
@@ -127,6 +142,9 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     try:
+        if args.workers > 1:
+            manifest_files(settings.manifest_dirs)  # each process loads them; a missing directory stops here
+            return _serve_processes(settings, args.workers)
         app = create_app(settings)
     except NotADirectoryError as exc:
         logger.error("%s", exc)
@@ -136,6 +154,25 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
     uvicorn.run(
         app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+    )
+    return 0
+
+
+def _serve_processes(settings: Settings, processes: int) -> int:
+    """Several gateway processes on one port: each builds its app from the environment, set here."""
+    import uvicorn
+
+    os.environ.update(settings_environment(settings))
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
+    uvicorn.run(
+        "gateway.app:app_from_environment",
+        factory=True,
+        workers=processes,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -178,7 +215,7 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _configure_logging(level: str) -> None:
+def configure_logging(level: str) -> None:
     logging.basicConfig(format=LOG_FORMAT)  # leaves alone a process that configured logging already
     for name in ("gateway", "uvicorn"):
         logging.getLogger(name).setLevel(level.upper())

@@ -284,6 +284,8 @@ class _Builder:
                     "give up and retry while the first run goes on. Keep synchronous commands well under 45 s."
                 )
             env, secret_values = self._env(where, settings.get("env", {}))
+            if "workers" in settings and settings.get("mode", "spawn") != "worker":
+                self.problems.append(f"{where}.workers: only used with mode: worker; add it or drop workers")
             concurrency = settings.get("concurrency")
             commands.append(
                 Command(

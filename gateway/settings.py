@@ -90,6 +90,23 @@ class Settings:
         return self.api_key is None and not _is_loopback(self.host)
 
 
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The environment variables that make `Settings.from_env` rebuild these settings in another process."""
+    return {
+        ENV_PREFIX + "HOST": settings.host,
+        ENV_PREFIX + "PORT": str(settings.port),
+        ENV_PREFIX + "MANIFESTS": os.pathsep.join(str(directory) for directory in settings.manifest_dirs),
+        ENV_PREFIX + "TIMEOUT": repr(settings.default_timeout),
+        ENV_PREFIX + "MAX_BODY_BYTES": str(settings.max_body_bytes),
+        ENV_PREFIX + "MAX_STDOUT_BYTES": str(settings.limits.max_stdout_bytes),
+        ENV_PREFIX + "MAX_RUNNING": str(settings.admission.max_running),
+        ENV_PREFIX + "MAX_WAITING": str(settings.admission.max_waiting),
+        ENV_PREFIX + "MAX_WAIT": repr(settings.admission.max_wait),
+        ENV_PREFIX + "SHUTDOWN_GRACE": repr(settings.shutdown_grace),
+        ENV_PREFIX + "LOG_LEVEL": settings.log_level,
+    }
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env

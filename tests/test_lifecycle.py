@@ -119,3 +119,32 @@ def _is_zombie_of_nobody(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_several_gateway_processes_share_the_port(slow_manifests: Path) -> None:
+    port = free_port()
+    serve = ["serve", "--port", str(port), "--workers", "2", "--manifests", str(slow_manifests)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", *serve],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_live(port, process)
+        wait_for(lambda: len(_serving_processes(process.pid)) == 2, 20, "two serving processes")
+        connection = send_sleep(port, 0.1)
+        received: list[bytes] = []
+        read_answer(connection, received)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        log, _ = process.communicate(timeout=30)
+
+    assert process.returncode == 0, log
+    assert b'"body":{"slept":0.1}' in b"".join(received)
+    assert log.count("Serving 1 commands and 0 auth handlers") == 2
+
+
+def _serving_processes(supervisor: int) -> list[int]:
+    """uvicorn's worker processes: children of the supervisor that started with multiprocessing's spawn."""
+    return [pid for pid in children(supervisor) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]

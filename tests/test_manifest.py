@@ -212,3 +212,11 @@ def test_the_reference_example_is_a_valid_manifest() -> None:
     example = reference.split("## A complete example", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
 
     assert schema_problems(yaml.safe_load(example)) == []
+
+
+def test_worker_settings_need_worker_mode(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "manifest_version: 1\nconnector: c\ncommands:\n  - {name: A, run: ['{python}'], workers: {size: 2}}\n"
+    )
+
+    assert problems(path) == ["commands[0] (A).workers: only used with mode: worker; add it or drop workers"]
