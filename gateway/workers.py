@@ -251,12 +251,13 @@ class Pool:
         self._early_exits = 0
         self._next_start = 0.0
         self._numbers = 0
-        self._starting: asyncio.Lock = asyncio.Lock()
+        self._choosing = asyncio.Lock()
 
     async def fill(self) -> None:
         """Start every worker now: for `start: eager`."""
-        while len(self._live()) < self.settings.size:
-            await self._start_worker()
+        async with self._choosing:
+            while len(self._live()) < self.settings.size:
+                await self._start_worker()
 
     async def run(self, command: Command, payload: bytes, request_id: str, redact: Redactor) -> Answer:
         deadline = time.time() + command.timeout
@@ -305,29 +306,30 @@ class Pool:
         worker.send(json.dumps({"cancel": request_id}).encode() + b"\n")
 
     async def _worker_with_room(self) -> Worker:
-        live = self._live()
-        with_room = [worker for worker in live if worker.load < self.settings.concurrency]
-        if with_room:
-            return min(with_room, key=lambda worker: worker.load)
-        return await self._start_worker()
+        # One request at a time chooses, so that requests arriving together do not each start a worker.
+        async with self._choosing:
+            live = self._live()
+            with_room = [worker for worker in live if worker.load < self.settings.concurrency]
+            if with_room:
+                return min(with_room, key=lambda worker: worker.load)
+            return await self._start_worker()
 
     async def _start_worker(self) -> Worker:
-        async with self._starting:
-            wait = self._next_start - time.monotonic()
-            if wait > 0:
-                raise ConnectorUnavailable(
-                    f"The workers of '{self.command.id}' keep exiting soon after they start; "
-                    f"the next start is in {wait:.1f} s."
-                )
-            self._numbers += 1
-            worker = Worker(self, self._numbers)
-            try:
-                await worker.start(self.command, self.environ)
-            except OSError as exc:
-                raise start_failure(self.command, "-", exc) from exc
-            self.spawned += 1
-            self.workers.append(worker)
-            return worker
+        wait = self._next_start - time.monotonic()
+        if wait > 0:
+            raise ConnectorUnavailable(
+                f"The workers of '{self.command.id}' keep exiting soon after they start; "
+                f"the next start is in {wait:.1f} s."
+            )
+        self._numbers += 1
+        worker = Worker(self, self._numbers)
+        try:
+            await worker.start(self.command, self.environ)
+        except OSError as exc:
+            raise start_failure(self.command, "-", exc) from exc
+        self.spawned += 1
+        self.workers.append(worker)
+        return worker
 
     def _live(self) -> list[Worker]:
         return [worker for worker in self.workers if not worker.draining and not worker.exited.done()]

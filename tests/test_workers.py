@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from starlette.testclient import TestClient
 
@@ -168,3 +170,20 @@ def test_workers_are_stopped_with_the_gateway(tmp_path: Path, protocol: Protocol
         worker = pid(client, protocol)
 
     assert not Path(f"/proc/{worker}").exists() or Path(f"/proc/{worker}/stat").read_text().split(") ")[1][0] == "Z"
+
+
+def test_requests_arriving_together_start_no_more_workers_than_the_pool_holds(tmp_path: Path) -> None:
+    async def scenario(app: Any) -> list[int]:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            calls = [client.post("/v1/do/pool/Do", json={"do": "pid"}) for _ in range(12)]
+            return [response.json()["command_response"]["body"]["pid"] for response in await asyncio.gather(*calls)]
+
+    with serve(tmp_path, "{size: 2, concurrency: 4}") as client:
+        app = client.app
+
+    pids = asyncio.run(scenario(app))
+
+    assert len(pids) == 12
+    assert len(set(pids)) <= 2
+    assert app.state.pools.of(app.state.registry.commands["pool/Do"]).spawned == 2
