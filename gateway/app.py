@@ -9,9 +9,10 @@ import html
 import json
 import logging
 import os
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
@@ -95,12 +96,36 @@ def create_app(
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    pools: Pools = app.state.pools
-    await pools.start_eager(list(app.state.registry.commands.values()))
-    yield
+    with _pidfd_child_watcher():
+        pools: Pools = app.state.pools
+        await pools.start_eager(list(app.state.registry.commands.values()))
+        yield
+        await _stop_children(app)
+
+
+async def _stop_children(app: Starlette) -> None:
     # Requests still running past the server's graceful shutdown were cancelled; their children must not outlive us.
-    await pools.shutdown(app.state.settings.limits.kill_grace)
+    await app.state.pools.shutdown(app.state.settings.limits.kill_grace)
     app.state.runner.kill_all()
+
+
+@contextlib.contextmanager
+def _pidfd_child_watcher() -> Iterator[None]:
+    """On Python 3.11, learn of child exits from pidfds rather than from a thread per child.
+
+    It spawns markedly faster under load; Python 3.12 and later do this by themselves.
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        yield
+        return
+    previous = asyncio.get_child_watcher()
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
+    try:
+        yield
+    finally:
+        asyncio.set_child_watcher(previous)
 
 
 def app_from_environment() -> Starlette:
