@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -439,13 +440,31 @@ def _resolve_executable(name: str, base: Path) -> str | _Unresolved:
         return sys.executable
     if "/" not in name:
         found = shutil.which(name)
-        return found if found else _Unresolved(f"executable {name!r} was not found on PATH")
+        return _past_shim(found, name) if found else _Unresolved(f"executable {name!r} was not found on PATH")
     path = (base / name).resolve()
     if not path.is_file():
         return _Unresolved(f"executable {name!r} does not exist (looked for {path})")
     if not os.access(path, os.X_OK):
         return _Unresolved(f"{name!r} is not executable; run: chmod +x {path}")
     return str(path)
+
+
+# What each interpreter says its real binary is, for version managers' shims (pyenv, asdf, nodenv, ...).
+_REAL_BINARY = {"python": ("-c", "import sys; print(sys.executable)"), "node": ("-p", "process.execPath")}
+
+
+def _past_shim(found: str, name: str) -> str:
+    """The interpreter behind a version manager's shim: a shim costs tens of milliseconds on every start."""
+    kind = "python" if name.startswith("python") else name
+    if "/shims/" not in found or kind not in _REAL_BINARY:
+        return found
+    try:
+        real = subprocess.run(
+            [found, *_REAL_BINARY[kind]], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return found
+    return real if real and os.access(real, os.X_OK) else found
 
 
 def _worker_settings(settings: dict[str, Any]) -> WorkerSettings | None:

@@ -220,3 +220,19 @@ def test_worker_settings_need_worker_mode(tmp_path: Path) -> None:
     )
 
     assert problems(path) == ["commands[0] (A).workers: only used with mode: worker; add it or drop workers"]
+
+
+def test_a_version_managers_shim_is_resolved_to_the_real_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    shim = shims / "python3"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:/usr/bin:/bin")
+    path = write(tmp_path, "manifest_version: 1\nconnector: c\ncommands:\n  - {name: A, run: [python3, -c, pass]}\n")
+
+    command = load_manifest(path, default_timeout=30, environ={}).commands[0]
+
+    assert command.argv == (str(Path(sys.executable)), "-c", "pass")
