@@ -36,6 +36,7 @@ logger = logging.getLogger("gateway.workers")
 EARLY_EXIT = 5.0
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
+CANCELLED_REMEMBERED = 10_000
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Worker:
                 return
             self.fail(InvalidOutput(f"The {self.name} printed a line that is not an answer to a request it holds."))
             return
-        answer = _decode(message)
+        answer = _decode(message, self.pool.limits)
         if answer is None:
             self.fail(InvalidOutput(f"The {self.name} printed an answer with neither 'result' nor 'failed'."))
             return
@@ -186,13 +187,15 @@ class Worker:
     def _was_cancelled(self, line: bytes) -> bool:
         """A late answer to a request the gateway cancelled is expected, and dropped."""
         with contextlib.suppress(ValueError, KeyError, TypeError, RecursionError):
-            return bool(json.loads(line)["id"] in self.pool.cancelled)
+            return self.pool.cancelled.pop(json.loads(line)["id"], False) is None
         return False
 
 
-def _decode(message: dict[str, Any]) -> Answer | None:
+def _decode(message: dict[str, Any], limits: Limits) -> Answer | None:
     logs = message.get("logs", [])
-    logs = [str(line) for line in logs] if isinstance(logs, list) else []
+    logs = [str(line)[: limits.max_stderr_line_chars] for line in logs] if isinstance(logs, list) else []
+    if len(logs) > limits.max_stderr_lines:
+        logs = [*logs[: limits.max_stderr_lines], f"({len(logs) - limits.max_stderr_lines} more log lines not shown)"]
     if "result" in message:
         return Answer(result=message["result"], logs=logs)
     if "failed" in message:
@@ -239,10 +242,11 @@ class Pool:
         self.settings: WorkerSettings = command.workers
         self.limits = limits
         self.environ = environ
-        self.label = f"'{command.id}'"
+        self.label = f"connector '{command.connector}'"
         self.workers: list[Worker] = []
         self.room = asyncio.Semaphore(self.settings.size * self.settings.concurrency)
-        self.cancelled: set[str] = set()
+        # Requests given up on, whose late answers are dropped; the oldest are forgotten past a bound.
+        self.cancelled: dict[str, None] = {}
         self.stderr_log = StderrLines(
             0, limits.max_stderr_line_chars, "-", command.id, Redactor(command.secret_values), keep=False
         )
@@ -302,7 +306,9 @@ class Pool:
             worker.pending.pop(request_id, None)
             worker.fail(ConnectorTimeout("abandoned"))
             return
-        self.cancelled.add(request_id)
+        self.cancelled[request_id] = None
+        if len(self.cancelled) > CANCELLED_REMEMBERED:
+            del self.cancelled[next(iter(self.cancelled))]
         worker.send(json.dumps({"cancel": request_id}).encode() + b"\n")
 
     async def _worker_with_room(self) -> Worker:

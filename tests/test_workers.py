@@ -84,16 +84,20 @@ def test_a_failure_answer_keeps_the_worker(client: TestClient, protocol: Protoco
 @pytest.mark.parametrize(
     ("action", "code", "message"),
     [
-        ("crash", "connector_crashed", "The worker 1 of 'pool/Do' exited with status 3 while it held this request."),
+        (
+            "crash",
+            "connector_crashed",
+            "The worker 1 of connector 'pool' exited with status 3 while it held this request.",
+        ),
         (
             "garbage",
             "connector_invalid_output",
-            "The worker 1 of 'pool/Do' printed a line that is not an answer to a request it holds.",
+            "The worker 1 of connector 'pool' printed a line that is not an answer to a request it holds.",
         ),
         (
             "wrong-id",
             "connector_invalid_output",
-            "The worker 1 of 'pool/Do' printed a line that is not an answer to a request it holds.",
+            "The worker 1 of connector 'pool' printed a line that is not an answer to a request it holds.",
         ),
     ],
 )
