@@ -60,7 +60,7 @@ export async function sendJson(request, context) {
       body: request.json === undefined ? undefined : JSON.stringify(request.json),
       // A redirect would carry the credentials to wherever it points; report it instead.
       redirect: 'manual',
-      signal: AbortSignal.timeout(budget),
+      signal: stopSignal(budget, context),
     });
     text = await response.text();
   } catch (error) {
@@ -71,6 +71,17 @@ export async function sendJson(request, context) {
 
   context.log(`${line} -> ${response.status} in ${Date.now() - started} ms`);
   return { status: response.status, body: parseBody(text, response.headers.get('content-type')) };
+}
+
+/**
+ * Aborts the call when its time budget runs out or, in worker mode, when the request is cancelled.
+ * @param {number} budget  milliseconds
+ * @param {import('./protocol.js').Context} context
+ * @returns {AbortSignal}
+ */
+function stopSignal(budget, context) {
+  const timeout = AbortSignal.timeout(budget);
+  return context.signal === undefined ? timeout : AbortSignal.any([timeout, context.signal]);
 }
 
 /**

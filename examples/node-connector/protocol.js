@@ -27,6 +27,7 @@ const DEFAULT_TIMEOUT_SECONDS = 30;
  * @property {number} deadline  Unix time in milliseconds by which the answer must be printed
  * @property {string} requestId  the gateway's id for this request, for correlating logs
  * @property {(line: string) => void} log  writes one diagnostic line (stderr under the gateway)
+ * @property {AbortSignal} [signal]  worker mode: aborted when the gateway gives up on the request
  */
 
 /**
