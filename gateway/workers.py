@@ -248,7 +248,7 @@ class Pool:
         # Requests given up on, whose late answers are dropped; the oldest are forgotten past a bound.
         self.cancelled: dict[str, None] = {}
         self.stderr_log = StderrLines(
-            0, limits.max_stderr_line_chars, "-", command.id, Redactor(command.secret_values), keep=False
+            0, limits.max_stderr_line_chars, "-", self.label, Redactor(command.secret_values), keep=False
         )
         self.spawned = 0
         self.restarts = 0
@@ -283,7 +283,7 @@ class Pool:
             limits = self.limits
             stderr = StderrLines(limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id, redact)
         pending = _Pending(request_id, command, asyncio.get_running_loop().create_future(), stderr)
-        worker.take(pending, _request_line(request_id, command.id, deadline, payload))
+        worker.take(pending, _request_line(request_id, command, deadline, payload))
         try:
             async with asyncio.timeout(max(deadline - time.time(), 0)):
                 return await asyncio.shield(pending.future)
@@ -367,9 +367,11 @@ class Pool:
                 signal_group(worker.pid, signal.SIGKILL)
 
 
-def _request_line(request_id: str, command_id: str, deadline: float, payload: bytes) -> bytes:
+def _request_line(request_id: str, command: Command, deadline: float, payload: bytes) -> bytes:
     # The payload is already encoded for spawn mode; it is spliced in rather than decoded and encoded again.
-    head = json.dumps({"id": request_id, "command": command_id, "deadline": round(deadline, 3)})
+    head = json.dumps(
+        {"id": request_id, "command": command.id, "deadline": round(deadline, 3), "timeout": command.timeout}
+    )
     return head[:-1].encode() + b',"payload":' + payload + b"}\n"
 
 
