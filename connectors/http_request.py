@@ -1,8 +1,10 @@
-"""The bundled http connectors: one HTTP request per run, answered as a version 2 envelope.
+"""The bundled http connectors: one HTTP request per command, answered as a version 2 envelope.
 
-Usage: http_request.py GET|HEAD|POST|PUT|PATCH|DELETE, with the parameters as one JSON object on stdin.
-The gateway starts this file once per request, so it imports only the standard library modules a
-request needs; the XML parser, needed by few answers, is imported where it is used.
+Spawn mode: http_request.py GET|HEAD|POST|PUT|PATCH|DELETE, with the parameters as one JSON object on stdin.
+Worker mode (CONNECTOR_MODE=worker): request lines on stdin, the method taken from each command id,
+several requests at a time on threads. A spawned run pays for every import, so the file imports only
+the standard library modules a request needs; the XML parser, needed by few answers, is imported where
+it is used.
 """
 
 from __future__ import annotations
@@ -21,10 +23,19 @@ from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs milliseconds at start-up, so it is only read by the type checker
-    from collections.abc import Mapping
-    from typing import Any
+    from collections.abc import Iterable, Mapping
+    from typing import Any, BinaryIO
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+# In worker mode one process serves every command; the method comes from the command's name.
+COMMAND_METHODS = {
+    "GetRequestV2": "GET",
+    "HeadRequestV2": "HEAD",
+    "PostRequestV2": "POST",
+    "PutRequestV2": "PUT",
+    "PatchRequestV2": "PATCH",
+    "DeleteRequestV2": "DELETE",
+}
 SAFE_METHODS = ("GET", "HEAD")  # retried with `attempts` and redirected, as they change nothing upstream
 METHODS_WITH_PARAMS = ("GET", "HEAD", "DELETE")
 METHODS_WITH_DATA = ("POST", "PUT", "PATCH", "DELETE")
@@ -69,6 +80,11 @@ def tls_failed(message: str) -> ConnectorError:
     return ConnectorError("HttpTlsError", 502, message)
 
 
+def cancelled() -> ConnectorError:
+    # Never answered: the gateway has given up on the request and drops any answer to it.
+    return ConnectorError("HttpCancelled", 499, "The gateway cancelled the request.")
+
+
 # --- Time -------------------------------------------------------------------------------------------
 
 
@@ -83,12 +99,15 @@ class Deadline:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Deadline:
-        limit = _env_float(env, "CONNECTOR_TIMEOUT")
-        deadline = _env_float(env, "CONNECTOR_DEADLINE")
+        return cls.until(_env_float(env, "CONNECTOR_DEADLINE"), _env_float(env, "CONNECTOR_TIMEOUT"))
+
+    @classmethod
+    def until(cls, deadline: float | None, limit: float | None) -> Deadline:
+        """The deadline as Unix time, if known, and the time limit in seconds, if known."""
         left = deadline - time.time() if deadline is not None else (limit or DEFAULT_TIME_LIMIT)
         # Keep a margin to print the answer and exit before the gateway's own deadline.
         margin = min(0.5, max(left, 0.0) * 0.1)
-        return cls(time.monotonic() + left - margin, limit or max(round(left, 1), 0.0), margin / 2)
+        return cls(time.monotonic() + left - margin, limit or _guess_limit(left), margin / 2)
 
     def remaining(self) -> float:
         return self.end - time.monotonic()
@@ -107,6 +126,15 @@ class Deadline:
             504,
             f"No answer from {self.host} before the command's time limit of {limit} s ran out.",
         )
+
+
+def _guess_limit(left: float) -> float:
+    """The time limit, for the timeout message, when only the deadline is known (worker mode).
+
+    The gateway set the deadline a moment ago (longer when a worker had to start first), so the time
+    left is a little under the limit: 29.8 s is said as 30 s.
+    """
+    return max(round(left) if left >= 10 else round(left, 1), 0.0)
 
 
 def _env_float(env: Mapping[str, str], name: str) -> float | None:
@@ -349,12 +377,29 @@ class Response:
 
 
 class Client:
-    """Sends requests within the deadline, through the configured proxy and with verified TLS."""
+    """Sends one command's requests within its deadline, through the configured proxy and with verified TLS."""
 
-    def __init__(self, env: Mapping[str, str], deadline: Deadline) -> None:
+    def __init__(self, env: Mapping[str, str], deadline: Deadline, log: Log, tls: TlsContext) -> None:
         self.env = env
         self.deadline = deadline
-        self._tls: ssl.SSLContext | None = None
+        self.log = log
+        self.tls = tls
+        self.cancelled = threading.Event()
+        self._open: http.client.HTTPConnection | None = None  # the connection in use, shut by cancel()
+
+    def cancel(self) -> None:
+        """Best effort: the connection in use is shut, which ends a wait on it, and no other is opened."""
+        self.cancelled.set()
+        connection = self._open
+        sock = connection.sock if connection is not None else None
+        if sock is not None:
+            try:  # noqa: SIM105 - contextlib would cost every spawned run an import
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def pause(self, seconds: float) -> None:
+        self.cancelled.wait(seconds)
 
     def exchange(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Response:
         parts = urlsplit(url)
@@ -379,7 +424,7 @@ class Client:
         finally:
             via = f" via proxy {proxy.address}" if proxy is not None else ""
             elapsed = round((time.monotonic() - started) * 1000)
-            log(f"{where}{via} -> {outcome} in {elapsed} ms")
+            self.log(f"{where}{via} -> {outcome} in {elapsed} ms")
 
     def _send(
         self,
@@ -392,7 +437,10 @@ class Client:
         body: bytes | None,
     ) -> Response:
         connection = self._connection(scheme, host, proxy)
+        self._open = connection
         try:
+            if self.cancelled.is_set():
+                raise cancelled()
             sock = self._connect(connection, host)
             connection.request(method, target, body=body, headers=headers)
             sock.settimeout(self.deadline.check())
@@ -402,6 +450,7 @@ class Client:
         except (TimeoutError, ssl.SSLError, OSError, http.client.HTTPException) as error:
             raise self._failure(error, host, proxy) from None
         finally:
+            self._open = None
             connection.close()
 
     def _connection(self, scheme: str, host: str, proxy: Proxy | None) -> http.client.HTTPConnection:
@@ -413,8 +462,8 @@ class Client:
                 return http.client.HTTPConnection(proxy.host, proxy.port, timeout=timeout)
             return http.client.HTTPConnection(address.hostname or host, port, timeout=timeout)
         if proxy is None:
-            return http.client.HTTPSConnection(address.hostname or host, port, timeout=timeout, context=self._context())
-        connection = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=timeout, context=self._context())
+            return http.client.HTTPSConnection(address.hostname or host, port, timeout=timeout, context=self.tls.get())
+        connection = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=timeout, context=self.tls.get())
         tunnel_headers = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
         connection.set_tunnel(address.hostname or host, port, headers=tunnel_headers)
         return connection
@@ -442,11 +491,6 @@ class Client:
             if size > MAX_BODY_BYTES:
                 raise too_large(host)
             chunks.append(chunk)
-
-    def _context(self) -> ssl.SSLContext:
-        if self._tls is None:
-            self._tls = tls_context(self.env)
-        return self._tls
 
     def _failure(self, error: BaseException, host: str, proxy: Proxy | None) -> ConnectorError:
         if isinstance(error, TimeoutError):
@@ -495,6 +539,21 @@ def too_large(host: str) -> ConnectorError:
     )
 
 
+class TlsContext:
+    """The TLS settings, loaded at the first https:// URL and kept: a worker loads the CA store once."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self._context: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._context is None:
+                self._context = tls_context(self.env)
+            return self._context
+
+
 def tls_context(env: Mapping[str, str]) -> ssl.SSLContext:
     """Verification always on; a CA bundle named by the operator replaces the system's."""
     for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
@@ -519,24 +578,24 @@ def send(client: Client, request: Request) -> Response:
     while True:
         try:
             response = follow_redirects(client, request)
-            if response.status < 500 or not _pause_before_retry(client.deadline, attempt, request.attempts):
+            if response.status < 500 or not _pause_before_retry(client, attempt, request.attempts):
                 return response
         except ConnectorError as error:
-            if not error.retryable or not _pause_before_retry(client.deadline, attempt, request.attempts):
+            if not error.retryable or not _pause_before_retry(client, attempt, request.attempts):
                 raise
         attempt += 1
 
 
-def _pause_before_retry(deadline: Deadline, attempt: int, attempts: int) -> bool:
+def _pause_before_retry(client: Client, attempt: int, attempts: int) -> bool:
     """Waits a short, growing pause and says True, or says False when no retry is due or has time left."""
-    if attempt >= attempts:
+    if attempt >= attempts or client.cancelled.is_set():
         return False
     pause = min(1.0, 0.1 * 2 ** (attempt - 1))
-    if deadline.remaining() < pause + 0.1:
-        log(f"no time left for attempt {attempt + 1} of {attempts}")
+    if client.deadline.remaining() < pause + 0.1:
+        client.log(f"no time left for attempt {attempt + 1} of {attempts}")
         return False
-    time.sleep(pause)
-    log(f"attempt {attempt + 1} of {attempts}")
+    client.pause(pause)
+    client.log(f"attempt {attempt + 1} of {attempts}")
     return True
 
 
@@ -700,26 +759,38 @@ def error_envelope(error: ConnectorError) -> dict[str, Any]:
 # --- Running ----------------------------------------------------------------------------------------
 
 
+_stderr_lock = threading.Lock()  # workers log from several threads; a line is written whole
+
+
 def log(line: str) -> None:
-    """One line for the gateway's log and `spiff__logs`: never a header, a query or a body."""
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    """One line for the gateway's log: never a header, a query or a body."""
+    with _stderr_lock:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
-def run(method: str, stdin: bytes, env: Mapping[str, str], deadline: Deadline) -> str | None:
-    """The envelope to print, as JSON text, or None after an unexpected failure (already logged)."""
+class Log:
+    """The lines of one command: each logged at once, and kept for a worker's answer (`logs`)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix  # a worker taking several requests at once tags its stderr lines with the request id
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+        log(self.prefix + line)
+
+
+def run(method: str, payload: Any, client: Client) -> dict[str, Any] | None:
+    """The envelope to answer, or None after an unexpected failure (already logged)."""
     try:
-        try:
-            payload = json.loads(stdin)
-        except ValueError:
-            raise invalid("The connector's input must be a JSON object of parameters.") from None
         request = build_request(method, payload)
-        deadline.host = urlsplit(request.url).netloc
-        return json.dumps(response_envelope(send(Client(env, deadline), request)))
+        client.deadline.host = urlsplit(request.url).netloc
+        return response_envelope(send(client, request))
     except ConnectorError as error:
-        return json.dumps(error_envelope(error))
+        return error_envelope(error)
     except Exception as error:  # a bug: its message could quote a header, so only its type and place are logged
-        log(f"http connector failed: unexpected {type(error).__name__} at {_innermost_frame(error)}")
+        client.log(f"http connector failed: unexpected {type(error).__name__} at {_innermost_frame(error)}")
         return None
 
 
@@ -732,26 +803,191 @@ def _innermost_frame(error: BaseException) -> str:
     return f"{os.path.basename(frame.tb_frame.f_code.co_filename)}:{frame.tb_lineno}"
 
 
+class Job:
+    """One command run on a thread of its own, so that it is answered by its deadline even when stuck."""
+
+    def __init__(self, request_id: str, method: str, payload: Any, client: Client) -> None:
+        self.id = request_id
+        self.method = method
+        self.payload = payload
+        self.client = client
+        self.stuck = False  # no answer by the deadline: the thread may still be running
+        self._answers: list[dict[str, Any] | None] = []
+        self._settled = threading.Event()  # the answer is ready, or the request was cancelled
+
+    @property
+    def cancelled(self) -> bool:
+        return self.client.cancelled.is_set()
+
+    def result(self) -> dict[str, Any] | None:
+        """The envelope (HttpTimeout past the deadline), or None after an unexpected failure."""
+        threading.Thread(target=self._run, daemon=True).start()
+        # Socket timeouts end the request at the deadline; this wait ends one that is stuck where no socket
+        # timeout applies (name resolution), still before the gateway gives up on it.
+        deadline = self.client.deadline
+        self._settled.wait(max(deadline.remaining() + deadline.grace, 0.0))
+        if self._answers:
+            return self._answers[0]
+        self.stuck = True
+        if not self.cancelled:
+            self.client.log(f"no answer from {deadline.host} before the deadline")
+        return error_envelope(deadline.timeout())
+
+    def cancel(self) -> None:
+        self.client.cancel()
+        self._settled.set()
+
+    def _run(self) -> None:
+        self._answers.append(run(self.method, self.payload, self.client))
+        self._settled.set()
+
+
+def read_payload(stdin: bytes) -> Any:
+    """The parameters; input that is not JSON is refused like any input that is not an object."""
+    try:
+        return json.loads(stdin)
+    except ValueError:
+        return None
+
+
+# --- Worker mode ------------------------------------------------------------------------------------
+
+
+class Worker:
+    """Answers request lines from stdin on stdout, up to `concurrency` at a time, each on its own thread.
+
+    The line protocol is in docs/connector-protocol.md, "Worker mode".
+    """
+
+    def __init__(self, env: Mapping[str, str], concurrency: int, stdout: BinaryIO) -> None:
+        self.env = env
+        self.concurrency = concurrency
+        self.stdout = stdout
+        self.tls = TlsContext(env)
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()  # guards `jobs` and the lines written to stdout
+        # The gateway sends at most `concurrency` requests before an answer; the bound only holds a
+        # gateway that sends more.
+        self.slots = threading.BoundedSemaphore(concurrency)
+        self.handlers: set[threading.Thread] = set()
+
+    def serve(self, lines: Iterable[bytes]) -> int:
+        for line in lines:
+            if line.strip():
+                self.take(line)
+        # End of input: what is in flight is finished, each by its own deadline.
+        for handler in list(self.handlers):
+            handler.join()
+        return 0
+
+    def take(self, line: bytes) -> None:
+        message = _request(line)
+        if message is None:
+            log("http connector: ignored a line that is not a request (a JSON object with a string 'id')")
+        elif "cancel" in message:
+            self.cancel(message["cancel"])
+        else:
+            self.start(message)
+
+    def start(self, request: dict[str, Any]) -> None:
+        request_id: str = request["id"]
+        command = request.get("command")
+        method = COMMAND_METHODS.get(command.rpartition("/")[2]) if isinstance(command, str) else None
+        if method is None:
+            known = ", ".join(COMMAND_METHODS)
+            self.write({"id": request_id, "failed": f"The http connector has no command {command!r}; it has {known}."})
+            return
+
+        deadline = request.get("deadline")
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
+            deadline = None
+        lines = Log(f"[{request_id}] " if self.concurrency > 1 else "")
+        client = Client(self.env, Deadline.until(deadline, None), lines, self.tls)
+        job = Job(request_id, method, request.get("payload"), client)
+
+        self.slots.acquire()
+        with self.lock:
+            self.jobs[request_id] = job  # before the thread starts, so that a cancellation finds it
+        handler = threading.Thread(target=self.handle, args=(job,), name=f"request {request_id}", daemon=True)
+        self.handlers.add(handler)
+        handler.start()
+
+    def handle(self, job: Job) -> None:
+        try:
+            try:
+                envelope = job.result()
+            finally:
+                self.slots.release()  # before the answer goes out: the gateway may send the next one at once
+            self.write(self.answer(job, envelope), job)
+        finally:
+            self.handlers.discard(threading.current_thread())
+
+    def answer(self, job: Job, envelope: dict[str, Any] | None) -> dict[str, Any]:
+        answer: dict[str, Any] = {"id": job.id}
+        if envelope is not None:
+            answer["result"] = envelope
+        else:  # an unexpected failure, as the last line logged says
+            answer["failed"] = job.client.log.lines[-1]
+        # With one request at a time the gateway takes stderr as the request's logs; with more it cannot
+        # tell whose they are, so they travel in the answer.
+        if self.concurrency > 1:
+            answer["logs"] = list(job.client.log.lines)
+        return answer
+
+    def cancel(self, request_id: Any) -> None:
+        with self.lock:
+            job = self.jobs.get(request_id) if isinstance(request_id, str) else None
+        if job is not None:
+            job.cancel()
+
+    def write(self, answer: dict[str, Any], job: Job | None = None) -> None:
+        line = json.dumps(answer).encode() + b"\n"
+        with self.lock:
+            if job is not None:
+                self.jobs.pop(job.id, None)
+                if job.cancelled:
+                    return  # the gateway has given up on it and must not get an answer
+            self.stdout.write(line)
+            self.stdout.flush()
+
+
+def _request(line: bytes) -> dict[str, Any] | None:
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict):
+        return None
+    key = "cancel" if "cancel" in message else "id"
+    return message if isinstance(message.get(key), str) else None
+
+
+def _concurrency(env: Mapping[str, str]) -> int:
+    try:
+        return max(int(env.get("CONNECTOR_CONCURRENCY", "1")), 1)
+    except ValueError:
+        return 1
+
+
+# --- Starting ---------------------------------------------------------------------------------------
+
+
 def main(argv: list[str], env: Mapping[str, str]) -> int:
+    if env.get("CONNECTOR_MODE") == "worker":
+        return Worker(env, _concurrency(env), sys.stdout.buffer).serve(sys.stdin.buffer)
     if len(argv) != 2 or argv[1] not in METHODS:
         log(f"usage: http_request.py {'|'.join(METHODS)} < parameters.json")
         return EX_USAGE
-    deadline = Deadline.from_env(env)
-    stdin = sys.stdin.buffer.read()
 
-    answers: list[str | None] = []
-    worker = threading.Thread(target=lambda: answers.append(run(argv[1], stdin, env, deadline)), daemon=True)
-    worker.start()
-    # Socket timeouts end the request at the deadline; this wait ends one that is stuck where no socket
-    # timeout applies (name resolution), still before the gateway stops the process.
-    worker.join(max(deadline.remaining() + deadline.grace, 0.0))
-    if not answers:
-        log(f"no answer from {deadline.host} before the deadline")
-        print(json.dumps(error_envelope(deadline.timeout())), flush=True)
-        os._exit(0)
-    if answers[0] is None:
+    payload = read_payload(sys.stdin.buffer.read())
+    client = Client(env, Deadline.from_env(env), Log(), TlsContext(env))
+    job = Job(env.get("CONNECTOR_REQUEST_ID", "-"), argv[1], payload, client)
+    envelope = job.result()
+    if envelope is None:
         return 70  # EX_SOFTWARE: the gateway answers connector_failed
-    print(answers[0], flush=True)
+    print(json.dumps(envelope), flush=True)
+    if job.stuck:
+        os._exit(0)  # the request's thread may never return
     return 0
 
 
