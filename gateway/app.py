@@ -233,15 +233,19 @@ def _encode_answer(answer: dict[str, Any], command_id: str, logs: list[str]) -> 
 
 async def _until_disconnected(request: Request, work: Coroutine[Any, Any, _T]) -> _T | None:
     """The work's result, or None once the caller has hung up: then the work is cancelled."""
-    task = asyncio.ensure_future(work)
-    hangup = asyncio.ensure_future(_caller_gone(request))
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.ensure_future(_caller_gone(request))
+    watcher.add_done_callback(lambda done: task.cancel() if not done.cancelled() else None)
     try:
-        await asyncio.wait((task, hangup), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            task.uncancel()  # the cancellation was ours, for the hang-up: it ends here
+            return None
+        raise
     finally:
-        for pending in (task, hangup):
-            pending.cancel()
-        await asyncio.gather(task, hangup, return_exceptions=True)
-    return task.result() if not task.cancelled() else None
+        watcher.cancel()
 
 
 async def _caller_gone(request: Request) -> None:

@@ -265,11 +265,14 @@ class Pool:
 
     async def run(self, command: Command, payload: bytes, request_id: str, redact: Redactor) -> Answer:
         deadline = time.time() + command.timeout
-        try:
-            async with asyncio.timeout(command.timeout):
-                await self.room.acquire()
-        except TimeoutError:
-            raise self._timeout(command, []) from None
+        if self.room.locked():
+            try:
+                async with asyncio.timeout(command.timeout):
+                    await self.room.acquire()
+            except TimeoutError:
+                raise self._timeout(command, []) from None
+        else:
+            await self.room.acquire()
         try:
             return await self._call(await self._worker_with_room(), command, payload, request_id, redact, deadline)
         finally:
