@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -95,6 +96,7 @@ class Result:
     rss_peak_mb: float | None = None
     rss_end_mb: float | None = None
     cpu_percent: float | None = None
+    other_cpu_percent: float | None = None
     unavailable: str | None = None
     ratio: float | None = None
 
@@ -410,15 +412,13 @@ def _tail(log: Path) -> str:
     return " | ".join(lines[-3:]) or "(no output)"
 
 
-def _server_env(extra: dict[str, str]) -> dict[str, str]:
-    """This environment without the gateway's own settings, which would change what is measured."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith("CONNECTOR_GATEWAY_") and name != "CONNECTOR_PROXY_API_KEY"
-    }
-    env.update(extra)
-    return env
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment the gateway gives a connector, which every server and floor run gets too.
+
+    Nothing of this shell's environment gets through: NODE_EXTRA_CA_CERTS alone, for one, adds
+    about 90 ms of CPU to every Node start, and the gateway's own settings would change what is measured.
+    """
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/"), **extra}
 
 
 def start_server(setup: Setup, row: Row) -> tuple[subprocess.Popen[bytes], str]:
@@ -429,15 +429,15 @@ def start_server(setup: Setup, row: Row) -> tuple[subprocess.Popen[bytes], str]:
     if row.server == "gateway":
         argv = [setup.python, "-m", "gateway", "serve", "--host", "127.0.0.1", "--port", str(port)]
         argv += ["--manifests", str(setup.tmp / "manifests")]
-        env = _server_env({"CONNECTOR_GATEWAY_SHUTDOWN_GRACE": "2"})
+        env = clean_env(CONNECTOR_GATEWAY_SHUTDOWN_GRACE="2")
         ready = f"{base}/v1/liveness"
     elif row.server == "starlette":
         argv = [setup.python, str(BENCH / "echo_app.py"), "--port", str(port)]
-        env, ready = _server_env({}), f"{base}/v1/liveness"
+        env, ready = clean_env(), f"{base}/v1/liveness"
     else:
         webhook = str(setup.tools["webhook"])
         argv = [webhook, "-ip", "127.0.0.1", "-port", str(port), "-hooks", str(setup.tmp / "hooks.json")]
-        env, ready = _server_env({}), f"{base}/"
+        env, ready = clean_env(), f"{base}/"
     process = start(setup, argv, env, log)
     try:
         wait_ready(process, ready, log)
@@ -454,7 +454,9 @@ def run_row(setup: Setup, row: Row) -> Result:
     print(f"{row.name:<16}", end=" ", file=sys.stderr, flush=True)
     try:
         _check_available(setup, row)
-        result = run_floor(setup, row) if row.server == "floor" else run_http(setup, row)
+        with OtherLoad() as other:
+            result = run_floor(setup, row) if row.server == "floor" else run_http(setup, row)
+        result.other_cpu_percent = other.percent
     except Unavailable as exc:
         result = Result(row, unavailable=str(exc))
     if result.unavailable:
@@ -462,6 +464,42 @@ def run_row(setup: Setup, row: Row) -> Result:
     else:
         print(f"{result.rps:8.1f} requests/s", file=sys.stderr, flush=True)
     return result
+
+
+class OtherLoad:
+    """CPU used by processes this script did not start, while a row ran: 100 is one core kept busy.
+
+    The machine's user and system time, less this script's and that of the children it reaped
+    (servers, with the connectors they reaped, wrk, floor runs). Interrupt time is left out on both sides.
+    """
+
+    def __init__(self) -> None:
+        self.percent: float | None = None
+        self._start = (0.0, 0.0, 0.0)
+
+    def __enter__(self) -> OtherLoad:
+        self._start = (time.monotonic(), machine_cpu_seconds(), own_cpu_seconds())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        elapsed = time.monotonic() - self._start[0]
+        machine = machine_cpu_seconds() - self._start[1]
+        own = own_cpu_seconds() - self._start[2]
+        self.percent = max(machine - own, 0.0) / elapsed * 100
+
+
+def machine_cpu_seconds() -> float:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    user, nice, system = (int(value) for value in fields[1:4])
+    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    used = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        used += usage.ru_utime + usage.ru_stime
+    return used
 
 
 def _check_available(setup: Setup, row: Row) -> None:
@@ -615,7 +653,7 @@ def run_floor(setup: Setup, row: Row) -> Result:
     """Spawn the executable with subprocess, FLOOR_PARALLEL at a time, feeding it the body, for the duration."""
     assert row.connector is not None
     argv = setup.argv(row.connector)
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": os.environ.get("HOME", "/")}
+    env = clean_env()
     expected = BODY.encode() if row.connector == "cat" else None
 
     def once() -> None:
@@ -691,7 +729,19 @@ def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-HEADER = ("row", "requests/s", "p50 ms", "p99 ms", "requests", "errors", "server CPU %", "RSS MB start/peak", "ratio")
+HEADER = (
+    "row",
+    "requests/s",
+    "p50 ms",
+    "p99 ms",
+    "requests",
+    "errors",
+    "server CPU %",
+    "other CPU %",
+    "RSS MB start/peak",
+    "ratio",
+)
+BUSY = 25.0  # other CPU %, above which a row's numbers are suspect
 
 
 def print_table(results: dict[str, Result]) -> None:
@@ -709,6 +759,11 @@ def print_table(results: dict[str, Result]) -> None:
             for column, (cell, width) in enumerate(zip(line, widths, strict=True))
         ]
         print("  ".join(cells).rstrip())
+    disturbed = [r.row.name for r in results.values() if (r.other_cpu_percent or 0) > BUSY]
+    if disturbed:
+        print(
+            f"! other processes used more than {BUSY:g}% of a core meanwhile: rerun with --only {' '.join(disturbed)}"
+        )
 
 
 def _cells(result: Result) -> tuple[str, ...]:
@@ -725,6 +780,7 @@ def _cells(result: Result) -> tuple[str, ...]:
         str(result.requests),
         str(result.errors),
         _number(result.cpu_percent, 0),
+        _number(result.other_cpu_percent, 0) + ("!" if (result.other_cpu_percent or 0) > BUSY else " "),
         rss,
         _ratio_text(result),
     )
@@ -740,23 +796,25 @@ TARGETS: tuple[tuple[str, str, Callable[[float], bool]], ...] = (
 
 
 def print_targets(results: dict[str, Result]) -> None:
-    print("targets")
-    for name, target, met in TARGETS:
+    lines: list[tuple[str, str, str, bool, str]] = []
+    for name, target, check in TARGETS:
         result = results.get(name)
-        if result is None or result.ratio is None:
-            continue
-        print(f"  {name:<16} {target:<26} {result.ratio:5.2f}  {'met' if met(result.ratio) else 'NOT met'}")
+        if result is not None and result.ratio is not None:
+            lines.append((name, target, f"{result.ratio:5.2f}", check(result.ratio), ""))
     gateway = [r for r in results.values() if r.row.server == "gateway" and r.rss_peak_mb is not None]
     if gateway:
         peak = max(gateway, key=lambda r: r.rss_peak_mb or 0.0)
-        verdict = "met" if (peak.rss_peak_mb or 0.0) < 80 else "NOT met"
-        print(f"  {'gateway RSS':<16} {'peak < 80 MB':<26} {peak.rss_peak_mb:5.1f}  {verdict} ({peak.row.name})")
+        rss = peak.rss_peak_mb or 0.0
+        lines.append(("gateway RSS", "peak < 80 MB", f"{rss:5.1f}", rss < 80, f" ({peak.row.name})"))
     for result in gateway:
-        if result.requests < 20_000 or not result.rss_start_mb or result.rss_end_mb is None:
-            continue
-        growth = (result.rss_end_mb / result.rss_start_mb - 1) * 100
-        target = f"growth < 10% ({result.requests} req)"
-        print(f"  {result.row.name:<16} {target:<26} {growth:4.1f}%  {'met' if growth < 10 else 'NOT met'}")
+        if result.requests >= 20_000 and result.rss_start_mb and result.rss_end_mb is not None:
+            growth = (result.rss_end_mb / result.rss_start_mb - 1) * 100
+            target = f"RSS growth < 10% ({result.requests} req)"
+            lines.append((result.row.name, target, f"{growth:4.1f}%", growth < 10, ""))
+    if lines:
+        print("targets")
+    for name, target, value, met, note in lines:
+        print(f"  {name:<16} {target:<34} {value}  {'met' if met else 'NOT met'}{note}")
 
 
 if __name__ == "__main__":
