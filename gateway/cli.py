@@ -10,6 +10,10 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 from gateway import __version__
 from gateway.registry import load_registry, manifest_files
@@ -137,8 +141,6 @@ def _serve(args: argparse.Namespace) -> int:
             API_KEY_VARIABLE,
         )
 
-    import uvicorn
-
     from gateway.app import create_app
 
     try:
@@ -149,6 +151,20 @@ def _serve(args: argparse.Namespace) -> int:
     except NotADirectoryError as exc:
         logger.error("%s", exc)
         return 2
+    _run_uvicorn(settings, app)
+    return 0
+
+
+def _serve_processes(settings: Settings, processes: int) -> int:
+    """Several gateway processes on one port: each builds its app from the environment, set here."""
+    os.environ.update(settings_environment(settings))
+    _run_uvicorn(settings, "gateway.app:app_from_environment", factory=True, workers=processes)
+    return 0
+
+
+def _run_uvicorn(settings: Settings, app: Starlette | str, **options: Any) -> None:
+    import uvicorn
+
     # uvicorn drains and shuts down on SIGTERM, then raises the signal again under the handler it found
     # installed: this one turns that into a clean exit, status 0, as service managers expect.
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
@@ -159,27 +175,8 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        **options,
     )
-    return 0
-
-
-def _serve_processes(settings: Settings, processes: int) -> int:
-    """Several gateway processes on one port: each builds its app from the environment, set here."""
-    import uvicorn
-
-    os.environ.update(settings_environment(settings))
-    signal.signal(signal.SIGTERM, _exit_after_shutdown)
-    uvicorn.run(
-        "gateway.app:app_from_environment",
-        factory=True,
-        workers=processes,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
-    )
-    return 0
 
 
 def _exit_after_shutdown(signum: int, frame: object) -> None:
