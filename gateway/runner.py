@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -129,9 +130,14 @@ def child_environment(command: Command, request_id: str, deadline: float, source
         CONNECTOR_COMMAND=command.id,
         CONNECTOR_REQUEST_ID=request_id,
         CONNECTOR_TIMEOUT=f"{command.timeout:g}",
-        CONNECTOR_DEADLINE=f"{deadline:.3f}",
+        CONNECTOR_DEADLINE=f"{floor_to_milliseconds(deadline):.3f}",
     )
     return env
+
+
+def floor_to_milliseconds(moment: float) -> float:
+    """A deadline as connectors see it: rounded down, so that it never promises time that is not there."""
+    return math.floor(moment * 1000) / 1000
 
 
 def spawn_options(command: Command, env: Mapping[str, str]) -> dict[str, Any]:

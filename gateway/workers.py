@@ -28,7 +28,15 @@ from gateway.errors import (
 )
 from gateway.manifest import Command, WorkerSettings
 from gateway.redact import Redactor
-from gateway.runner import Limits, StderrLines, base_environment, signal_group, spawn_options, start_failure
+from gateway.runner import (
+    Limits,
+    StderrLines,
+    base_environment,
+    floor_to_milliseconds,
+    signal_group,
+    spawn_options,
+    start_failure,
+)
 
 logger = logging.getLogger("gateway.workers")
 
@@ -373,7 +381,12 @@ class Pool:
 def _request_line(request_id: str, command: Command, deadline: float, payload: bytes) -> bytes:
     # The payload is already encoded for spawn mode; it is spliced in rather than decoded and encoded again.
     head = json.dumps(
-        {"id": request_id, "command": command.id, "deadline": round(deadline, 3), "timeout": command.timeout}
+        {
+            "id": request_id,
+            "command": command.id,
+            "deadline": floor_to_milliseconds(deadline),
+            "timeout": command.timeout,
+        }
     )
     return head[:-1].encode() + b',"payload":' + payload + b"}\n"
 
