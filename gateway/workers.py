@@ -26,6 +26,7 @@ from gateway.errors import (
     InvalidOutput,
     OutputTooLarge,
 )
+from gateway.jsonlimits import MAX_DEPTH, nests_deeper_than
 from gateway.manifest import Command, WorkerSettings
 from gateway.redact import Redactor
 from gateway.runner import (
@@ -128,6 +129,9 @@ class Worker:
             self._stdin.close()
 
     def on_line(self, line: bytes) -> None:
+        if nests_deeper_than(line, MAX_DEPTH + 1):  # the answer object itself is one level
+            self.fail(InvalidOutput(f"The {self.name} printed JSON nested more than {MAX_DEPTH} levels deep."))
+            return
         try:
             message = json.loads(line)
             request_id = message["id"]

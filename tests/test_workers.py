@@ -95,6 +95,11 @@ def test_a_failure_answer_keeps_the_worker(client: TestClient, protocol: Protoco
             "The worker 1 of connector 'pool' printed a line that is not an answer to a request it holds.",
         ),
         (
+            "deep",
+            "connector_invalid_output",
+            "The worker 1 of connector 'pool' printed JSON nested more than 256 levels deep.",
+        ),
+        (
             "wrong-id",
             "connector_invalid_output",
             "The worker 1 of connector 'pool' printed a line that is not an answer to a request it holds.",

@@ -2,7 +2,7 @@
 """A worker that misbehaves on request, to exercise the gateway's worker pools.
 
 What it does with a request is the payload's "do": echo (the default), sleep,
-fail, fail-temporarily, crash, garbage, wrong-id, stderr, pid, served.
+fail, fail-temporarily, crash, deep, garbage, wrong-id, stderr, pid.
 """
 
 import json
@@ -33,6 +33,10 @@ def handle(request):
         answer({**reply, "failed": "the ledger is down", "temporary": True})
     elif action == "crash":
         os._exit(3)
+    elif action == "deep":
+        nested = "[" * 300 + "]" * 300
+        sys.stdout.write(f'{{"id": "{request["id"]}", "result": {nested}}}\n')
+        sys.stdout.flush()
     elif action == "garbage":
         sys.stdout.write("this is not json\n")
         sys.stdout.flush()
