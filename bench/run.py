@@ -99,6 +99,10 @@ class Result:
     other_cpu_percent: float | None = None
     unavailable: str | None = None
     ratio: float | None = None
+    # Floors only: every run's duration, the seconds they took, and runs/s of each half.
+    runs: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+    halves: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -145,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             results = {}
             for row in rows:
                 results[row.name] = run_row(setup, row)
+                finish_floors(setup, rows, results)
         except KeyboardInterrupt:
             print("\ninterrupted; stopping every process started", file=sys.stderr)
             return 130
@@ -256,7 +261,7 @@ def _cpu_model() -> str:
 def _worst_case_seconds(args: argparse.Namespace, row: Row) -> float:
     load: int = args.warmup + args.duration
     if row.server == "floor":
-        return load + 2 * FLOOR_RUN_TIMEOUT
+        return load + 3 * FLOOR_RUN_TIMEOUT  # warm-up and two halves, each may end one run late
     return STARTUP_TIMEOUT + SMOKE_TIMEOUT + load + 2 * WRK_GRACE + 2 * STOP_TIMEOUT
 
 
@@ -470,7 +475,8 @@ class OtherLoad:
     """CPU used by processes this script did not start, while a row ran: 100 is one core kept busy.
 
     The machine's user and system time, less this script's and that of the children it reaped
-    (servers, with the connectors they reaped, wrk, floor runs). Interrupt time is left out on both sides.
+    (servers, with the connectors they reaped, wrk, floor runs), plus the time stolen by the hypervisor.
+    Interrupt time is left out on both sides.
     """
 
     def __init__(self) -> None:
@@ -489,9 +495,10 @@ class OtherLoad:
 
 
 def machine_cpu_seconds() -> float:
+    """User and system time of every process, plus steal: time the hypervisor gave to other machines."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    user, nice, system = (int(value) for value in fields[1:4])
-    return (user + nice + system) / os.sysconf("SC_CLK_TCK")
+    user, nice, system, steal = (int(fields[index]) for index in (1, 2, 3, 8))
+    return (user + nice + system + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_seconds() -> float:
@@ -650,7 +657,44 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_floor(setup: Setup, row: Row) -> Result:
-    """Spawn the executable with subprocess, FLOOR_PARALLEL at a time, feeding it the body, for the duration."""
+    """The first half of a floor, run before the rows compared with it; `finish_floors` runs the second."""
+    result = Result(row)
+    _spawn_for(_floor_run(setup, row), setup.args.warmup)
+    _add_floor_half(setup, result)
+    return result
+
+
+def finish_floors(setup: Setup, rows: list[Row], results: dict[str, Result]) -> None:
+    """Once every row compared with a floor has run, run the floor's second half.
+
+    Half before and half after: a machine whose speed drifts (a neighbour, the hypervisor)
+    shifts the floor as much as the rows compared with it, and the two halves show by how much.
+    """
+    for result in results.values():
+        floor = result.row
+        if floor.server != "floor" or result.unavailable or len(result.halves) != 1:
+            continue
+        if all(row.name in results for row in rows if row.reference == floor.name):
+            print(f"{floor.name + ' (2nd half)':<16}", end=" ", file=sys.stderr, flush=True)
+            with OtherLoad() as other:
+                _add_floor_half(setup, result)
+            result.other_cpu_percent = max(result.other_cpu_percent or 0.0, other.percent or 0.0)
+            print(f"{result.halves[-1]:8.1f} runs/s", file=sys.stderr, flush=True)
+
+
+def _add_floor_half(setup: Setup, result: Result) -> None:
+    runs, elapsed = _spawn_for(_floor_run(setup, result.row), setup.args.duration / 2)
+    result.halves.append(len(runs) / elapsed)
+    result.runs = sorted([*result.runs, *runs])
+    result.elapsed += elapsed
+    result.rps = len(result.runs) / result.elapsed
+    result.p50_ms = statistics.median(result.runs) * 1000
+    result.p99_ms = result.runs[min(len(result.runs) - 1, int(len(result.runs) * 0.99))] * 1000
+    result.requests = len(result.runs)
+
+
+def _floor_run(setup: Setup, row: Row) -> Callable[[], None]:
+    """One spawn of the row's executable with the body on stdin, checked."""
     assert row.connector is not None
     argv = setup.argv(row.connector)
     env = clean_env()
@@ -663,16 +707,7 @@ def run_floor(setup: Setup, row: Row) -> Result:
         if done.returncode != 0 or (expected is not None and done.stdout != expected):
             raise Unavailable(f"{argv[0]} failed: status {done.returncode}, {done.stderr[-300:]!r}")
 
-    _spawn_for(once, setup.args.warmup)
-    durations, elapsed = _spawn_for(once, setup.args.duration)
-    durations.sort()
-    return Result(
-        row,
-        rps=len(durations) / elapsed,
-        p50_ms=statistics.median(durations) * 1000,
-        p99_ms=durations[min(len(durations) - 1, int(len(durations) * 0.99))] * 1000,
-        requests=len(durations),
-    )
+    return once
 
 
 def _spawn_for(once: Callable[[], None], seconds: float) -> tuple[list[float], float]:
@@ -718,6 +753,8 @@ def _add_ratios(results: dict[str, Result]) -> None:
 
 def _ratio_text(result: Result) -> str:
     row = result.row
+    if result.halves:
+        return "runs/s by half: " + " / ".join(f"{half:.1f}" for half in result.halves)
     if result.ratio is None:
         return "-" if row.reference is None else f"- (needs {row.reference})"
     if row.compare == "p99":
@@ -746,9 +783,8 @@ BUSY = 25.0  # other CPU %, above which a row's numbers are suspect
 
 def print_table(results: dict[str, Result]) -> None:
     lines = [_cells(result) for result in results.values()]
-    widths = [
-        max(len(line[column]) for line in [HEADER, *lines] if len(line) > column) for column in range(len(HEADER))
-    ]
+    full = [line for line in [HEADER, *lines] if len(line) == len(HEADER)]
+    widths = [max(len(line[column]) for line in full) for column in range(len(HEADER))]
     for line in [HEADER, *lines]:
         if len(line) == 2:  # a row that could not run, and why
             print(f"{line[0]:<{widths[0]}}  {line[1]}")
