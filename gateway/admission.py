@@ -8,8 +8,6 @@ instead of piling up until every caller times out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from gateway.errors import Saturated
@@ -62,21 +60,9 @@ class Admission:
         self.gateway = Slots(limits.max_running, limits.max_waiting)
         self.commands: dict[str, Slots] = {}
 
-    @contextlib.asynccontextmanager
-    async def slot(self, command: Command) -> AsyncIterator[None]:
-        """Hold a slot of the command (when it sets `concurrency`), then one of the gateway."""
-        own = self._slots_of(command)
-        if own is not None:
-            await own.acquire(self.limits.max_wait, f"Command '{command.id}'")
-        try:
-            await self.gateway.acquire(self.limits.max_wait, "The gateway")
-            try:
-                yield
-            finally:
-                self.gateway.release()
-        finally:
-            if own is not None:
-                own.release()
+    def slot(self, command: Command) -> Slot:
+        """Hold a slot of the command (when it sets `concurrency`), then one of the gateway: `async with`."""
+        return Slot(self, self._slots_of(command), command.id)
 
     def _slots_of(self, command: Command) -> Slots | None:
         if command.concurrency is None:
@@ -85,3 +71,30 @@ class Admission:
         if slots is None or (slots.size, slots.queue) != (command.concurrency, command.queue):
             slots = self.commands[command.id] = Slots(command.concurrency, command.queue)
         return slots
+
+
+class Slot:
+    """A run slot, held for the body of an `async with`; waiting past a bound raises `Saturated`."""
+
+    __slots__ = ("admission", "command_id", "own")
+
+    def __init__(self, admission: Admission, own: Slots | None, command_id: str) -> None:
+        self.admission = admission
+        self.own = own
+        self.command_id = command_id
+
+    async def __aenter__(self) -> None:
+        max_wait = self.admission.limits.max_wait
+        if self.own is not None:
+            await self.own.acquire(max_wait, f"Command '{self.command_id}'")
+        try:
+            await self.admission.gateway.acquire(max_wait, "The gateway")
+        except BaseException:
+            if self.own is not None:
+                self.own.release()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.admission.gateway.release()
+        if self.own is not None:
+            self.own.release()

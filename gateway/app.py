@@ -6,41 +6,27 @@ import asyncio
 import contextlib
 import hmac
 import html
-import json
+import itertools
 import logging
 import os
+import secrets
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway import envelope
 from gateway.admission import Admission
-from gateway.errors import (
-    BodyTooLarge,
-    CommandNotFound,
-    ConnectorError,
-    ConnectorFailed,
-    ConnectorUnavailable,
-    InternalError,
-    InvalidBody,
-    InvalidOutput,
-    RequestError,
-    Saturated,
-    UnsupportedMediaType,
-)
-from gateway.manifest import Command
-from gateway.params import prepare_payload, secret_values
-from gateway.redact import Redactor
+from gateway.dispatch import PREFIX, Dispatcher, not_found, send_json
+from gateway.errors import InternalError, RequestError, Saturated
+from gateway.logs import configure_logging
 from gateway.registry import Registry, load_registry
 from gateway.runner import Runner
 from gateway.settings import API_KEY_HEADER, Settings
@@ -49,37 +35,29 @@ from gateway.workers import Pools
 logger = logging.getLogger("gateway")
 access_logger = logging.getLogger("gateway.access")
 
-UNAUTHORIZED = {"error": "Unauthorized"}
-
-_T = TypeVar("_T")
+UNAUTHORIZED = b'{"error":"Unauthorized"}'
 
 
 def create_app(
     settings: Settings, registry: Registry | None = None, environ: Mapping[str, str] | None = None
-) -> Starlette:
+) -> Gateway:
     """The gateway as an ASGI app. `environ` is the gateway's environment, read by manifests' env and inherit_env."""
     environ = os.environ if environ is None else environ
     if registry is None:
         registry = load_registry(settings.manifest_dirs, settings.default_timeout, environ)
         log_registry(registry)
 
-    app = Starlette(
+    app = Gateway(
         routes=[
             Route("/liveness", liveness),
             Route("/v1/liveness", liveness),
             Route("/v1/commands", list_commands),
             Route("/v1/auths", list_auths),
-            Route("/v1/do/{connector}/{command}", do_command, methods=["POST"]),
+            Route("/v1/do/{connector}/{command}", _dispatched_elsewhere, methods=["POST"]),
             Route("/v1/auth/{connector}/{auth}", start_auth),
-        ],
-        middleware=[
-            Middleware(AccessLog),
-            Middleware(ApiKeyCheck, api_key=settings.api_key),
         ],
         exception_handlers={
             RequestError: request_error,
-            CallerGone: caller_gone,
-            ClientDisconnect: caller_gone,
             HTTPException: http_error,
             Exception: internal_error,
         },
@@ -91,6 +69,8 @@ def create_app(
     app.state.runner = Runner(settings.limits, environ)
     app.state.pools = Pools(settings.limits, environ)
     app.state.admission = Admission(settings.admission)
+    app.api_key = settings.api_key.encode() if settings.api_key is not None else None
+    app.dispatcher = Dispatcher(app.state)
     return app
 
 
@@ -130,8 +110,6 @@ def _pidfd_child_watcher() -> Iterator[None]:
 
 def app_from_environment() -> Starlette:
     """The app of one of several gateway processes (`serve --workers N`), set up from the environment."""
-    from gateway.cli import configure_logging
-
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     return create_app(settings)
@@ -147,6 +125,11 @@ def log_registry(registry: Registry) -> None:
     logger.info("Serving %d commands and %d auth handlers", len(registry.commands), len(registry.auths))
 
 
+async def _dispatched_elsewhere(request: Request) -> Response:
+    # Declared so that other methods get 405; POST is served by `Gateway.__call__` before routing.
+    raise AssertionError("POST /v1/do is served by the dispatcher")
+
+
 async def liveness(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
@@ -157,101 +140,6 @@ async def list_commands(request: Request) -> Response:
 
 async def list_auths(request: Request) -> Response:
     return Response(request.app.state.registry.auths_json, media_type="application/json")
-
-
-async def do_command(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
-    registry: Registry = request.app.state.registry
-    connector, name = request.path_params["connector"], request.path_params["command"]
-    request.state.command = f"{connector}/{name}"
-
-    # Everything that can refuse the request comes before any process starts.
-    command = registry.find(connector, name)
-    if command is None:
-        raise _not_found(f"{connector}/{name}")
-    _check_media_type(request)
-    body = await _read_json_object(request, settings.max_body_bytes)
-    payload = prepare_payload(command, body)
-    stdin = _encode(payload)
-    redact = Redactor([*command.secret_values, *secret_values(command, payload)])
-
-    request_id: str = request.state.request_id
-    admission: Admission = request.app.state.admission
-    async with admission.slot(command):
-        answer = await _until_disconnected(request, _execute(request, command, stdin, redact))
-    if answer is None:
-        logger.info("[%s] %s: the caller went away; its connector was stopped", request_id, command.id)
-        raise CallerGone()
-    return Response(answer, media_type="application/json")
-
-
-async def _execute(request: Request, command: Command, stdin: bytes, redact: Redactor) -> bytes:
-    """Run the command and shape its outcome, success or failure, as an encoded version 2 envelope."""
-    request_id: str = request.state.request_id
-    try:
-        answer, logs = await _dispatch(request, command, stdin, redact)
-        encoded = _encode_answer(answer, command.id, logs)
-    except ConnectorError as error:
-        logger.warning("[%s] %s failed: %s %s", request_id, command.id, error.code, error.message)
-        request.state.error_code = error.code
-        return _encode_answer(envelope.failure(error), command.id, [])
-    if answer["error"] is not None:
-        request.state.error_code = answer["error"].get("error_code")
-    return encoded
-
-
-async def _dispatch(
-    request: Request, command: Command, stdin: bytes, redact: Redactor
-) -> tuple[dict[str, Any], list[str]]:
-    """The envelope from a spawned process or from a worker, with the logs that came with it."""
-    request_id: str = request.state.request_id
-    if command.workers is None:
-        runner: Runner = request.app.state.runner
-        finished = await runner.run(command, stdin, request_id, redact)
-        return envelope.from_output(finished, command.id, redact), finished.stderr.logs()
-
-    pools: Pools = request.app.state.pools
-    answer = await pools.of(command).run(command, stdin, request_id, redact)
-    logs = [redact(line) for line in answer.logs]
-    if answer.failed is not None:
-        failure = ConnectorUnavailable if answer.temporary else ConnectorFailed
-        raise failure(f"The connector for '{command.id}' failed: {redact(answer.failed)}", logs)
-    return envelope.from_value(answer.result, logs, command.id, redact), logs
-
-
-def _encode_answer(answer: dict[str, Any], command_id: str, logs: list[str]) -> bytes:
-    # Encoded here, not by the response: a connector's JSON can be valid yet unencodable, nested
-    # deeper than the encoder recurses or holding a lone surrogate escape, and that is its fault.
-    try:
-        return json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    except (RecursionError, UnicodeEncodeError) as exc:
-        reason = "it nests too deeply" if isinstance(exc, RecursionError) else "it holds a lone surrogate escape"
-        raise InvalidOutput(
-            f"The connector for '{command_id}' printed JSON that cannot be sent on: {reason}.", logs
-        ) from None
-
-
-async def _until_disconnected(request: Request, work: Coroutine[Any, Any, _T]) -> _T | None:
-    """The work's result, or None once the caller has hung up: then the work is cancelled."""
-    task = asyncio.current_task()
-    assert task is not None
-    watcher = asyncio.ensure_future(_caller_gone(request))
-    watcher.add_done_callback(lambda done: task.cancel() if not done.cancelled() else None)
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
-            task.uncancel()  # the cancellation was ours, for the hang-up: it ends here
-            return None
-        raise
-    finally:
-        watcher.cancel()
-
-
-async def _caller_gone(request: Request) -> None:
-    # The body has been read, so the next message the server sends is the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def start_auth(request: Request) -> Response:
@@ -267,16 +155,6 @@ async def start_auth(request: Request) -> Response:
     )
 
 
-class CallerGone(Exception):
-    """The caller hung up: there is no one left to answer."""
-
-
-async def caller_gone(request: Request, exc: Exception) -> Response:
-    request.state.error_code = "caller_gone"
-    # Never sent; the status only tells the access log what happened, as nginx's 499 does.
-    return Response(status_code=499)
-
-
 async def request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestError)
     request.state.error_code = exc.code
@@ -288,7 +166,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     path: str = request.scope["path"]  # as decoded by the server: request.url drops control characters
     if exc.status_code == 404 and path.startswith("/v1/do/"):
-        return await request_error(request, _not_found(path.removeprefix("/v1/do/")))
+        return await request_error(request, not_found(path.removeprefix(PREFIX)))
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
     body = {"command_response": {}, "error": {"error_code": code, "message": exc.detail}}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
@@ -298,66 +176,11 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     """An unexpected fault still gets an answer Arena can read; the server logs the traceback."""
     request_id = request.scope.get("state", {}).get("request_id", "-")
     logger.error("[%s] internal error on %s %s: %r", request_id, request.method, request.url.path, exc)
-    error = InternalError(f"The gateway failed unexpectedly; its log has the details under request id {request_id}.")
-    # Sent from outside the middleware stack, so the request id header is added here.
-    headers = {"x-request-id": request_id}
-    return JSONResponse(envelope.protocol_error(error), status_code=error.status, headers=headers)
+    return JSONResponse(envelope.protocol_error(_internal_error(request_id)), status_code=500)
 
 
-def _not_found(command_id: str) -> CommandNotFound:
-    return CommandNotFound(f"No command '{command_id}' is served here; GET /v1/commands lists the commands.")
-
-
-def _encode(payload: dict[str, Any]) -> bytes:
-    try:
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:
-        # JSON's \uXXXX escapes can spell half of a surrogate pair, which is no character at all.
-        raise InvalidBody("The request body holds a lone surrogate escape (such as \\ud800), not text.") from None
-
-
-def _check_media_type(request: Request) -> None:
-    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        shown = f"'{media_type}'" if media_type else "none"
-        raise UnsupportedMediaType(f"The request body must be sent as Content-Type application/json, got {shown}.")
-
-
-async def _read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise _too_large(limit)
-
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidBody(f"The request body is not UTF-8 text (invalid byte at position {exc.start}).") from None
-    try:
-        body = json.loads(text, parse_constant=_reject_constant)
-    except RecursionError:
-        raise InvalidBody("The request body is nested too deeply.") from None
-    except ValueError as exc:
-        raise InvalidBody(f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(body, dict):
-        raise InvalidBody(f"The request body must be a JSON object of parameters, got {_kind(body)}.")
-    return body
-
-
-def _too_large(limit: int) -> BodyTooLarge:
-    return BodyTooLarge(f"The request body is larger than the gateway's limit of {limit} bytes.")
-
-
-def _kind(value: Any) -> str:
-    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
+def _internal_error(request_id: str) -> InternalError:
+    return InternalError(f"The gateway failed unexpectedly; its log has the details under request id {request_id}.")
 
 
 def _page(status: int, title: str, text: str) -> HTMLResponse:
@@ -369,68 +192,103 @@ def _page(status: int, title: str, text: str) -> HTMLResponse:
     return HTMLResponse(content, status_code=status)
 
 
-class ApiKeyCheck:
-    """Arena's shared secret: every /v1 route but liveness and the browser's auth route needs it."""
+class Gateway(Starlette):
+    """The ASGI app: the request id, API-key check and access log in front of every route,
+    then the dispatcher for `POST /v1/do/...` and Starlette's routing for the rest."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
-        self.app = app
-        self.api_key = api_key.encode() if api_key is not None else None
+    api_key: bytes | None = None
+    dispatcher: Dispatcher
+    ids: RequestIds
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.api_key is None or scope["type"] != "http" or not _gated(scope):
-            await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
             return
-        sent = [value for name, value in scope["headers"] if name.decode("latin-1").lower() == API_KEY_HEADER.lower()]
-        if len(sent) == 1 and hmac.compare_digest(sent[0], self.api_key):
-            await self.app(scope, receive, send)
-            return
-        scope.setdefault("state", {})["error_code"] = "unauthorized"
-        await JSONResponse(UNAUTHORIZED, status_code=401)(scope, receive, send)
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id = self.ids.next()
+        id_header = (b"x-request-id", request_id.encode())
+        try:
+            if self.api_key is not None and _gated(scope) and not _key_matches(scope, self.api_key):
+                state["error_code"] = "unauthorized"
+                state["status"] = 401
+                await send_json(send, 401, UNAUTHORIZED, [id_header])
+            elif scope["method"] == "POST" and scope["path"].startswith(PREFIX):
+                await self._dispatch(scope, receive, send, id_header)
+            else:
+                await self._route(scope, receive, send, id_header)
+        finally:
+            if access_logger.isEnabledFor(logging.INFO):
+                _log_access(scope, state, started)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, id_header: tuple[bytes, bytes]) -> None:
+        state = scope["state"]
+        try:
+            state["status"] = await self.dispatcher(scope, receive, send, [id_header])
+        except Exception as exc:
+            state["status"] = 500
+            logger.error("[%s] internal error on POST %s: %r", state["request_id"], _printable(scope["path"]), exc)
+            body = envelope.encode(envelope.protocol_error(_internal_error(state["request_id"])))
+            with contextlib.suppress(Exception):  # the answer may have been started already
+                await send_json(send, 500, body, [id_header])
+            raise  # the server logs the traceback
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send, id_header: tuple[bytes, bytes]) -> None:
+        state = scope["state"]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        await super().__call__(scope, receive, send_with_id)
+
+
+class RequestIds:
+    """Request ids: a random prefix for this process and a counter, 32 hex digits like a UUID's but cheaper."""
+
+    def __init__(self) -> None:
+        self.prefix = secrets.token_hex(12)
+        self.counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):08x}"
+
+
+_API_KEY_NAME = API_KEY_HEADER.lower().encode("latin-1")
+
+
+def _key_matches(scope: Scope, api_key: bytes) -> bool:
+    """Arena's shared secret, sent once, compared in constant time."""
+    sent = [value for name, value in scope["headers"] if name.lower() == _API_KEY_NAME]
+    return len(sent) == 1 and hmac.compare_digest(sent[0], api_key)
 
 
 def _gated(scope: Scope) -> bool:
+    """Every /v1 route needs the API key, but liveness and the browser's auth route."""
     path: str = scope["path"]
     if scope["method"] == "OPTIONS" or path in ("/liveness", "/v1/liveness"):
         return False
     return path.startswith("/v1/") and not path.startswith("/v1/auth/")
 
 
-class AccessLog:
+def _log_access(scope: Scope, state: dict[str, Any], started: float) -> None:
     """One line per request: request id, method, path, status, command, error code, duration."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        request_id = uuid.uuid4().hex
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        status = 500
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            access_logger.info(
-                "%s %s %s %d command=%s error=%s %.1fms",
-                request_id,
-                scope["method"],
-                _printable(scope["path"]),
-                status,
-                _printable(state.get("command", "-")),
-                state.get("error_code", "-"),
-                (time.perf_counter() - started) * 1000,
-            )
+    access_logger.info(
+        "%s %s %s %d command=%s error=%s %.1fms",
+        state["request_id"],
+        scope["method"],
+        _printable(scope["path"]),
+        state.get("status", 500),
+        _printable(state.get("command", "-")),
+        state.get("error_code", "-"),
+        (time.perf_counter() - started) * 1000,
+    )
 
 
 def _printable(text: str) -> str:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
 from gateway import __version__
+from gateway.logs import configure_logging
 from gateway.registry import load_registry, manifest_files
 from gateway.settings import (
     API_KEY_VARIABLE,
@@ -27,8 +28,6 @@ from gateway.settings import (
 )
 
 logger = logging.getLogger("gateway")
-
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 _DESCRIPTION = """\
 A connector proxy for spiff-arena. Each command is an executable in any language,
@@ -210,9 +209,3 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(format=LOG_FORMAT)  # leaves alone a process that configured logging already
-    for name in ("gateway", "uvicorn"):
-        logging.getLogger(name).setLevel(level.upper())

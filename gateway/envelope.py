@@ -63,6 +63,11 @@ _ENVELOPE_SCHEMA = {
 }
 
 
+def encode(answer: Any) -> bytes:
+    """An answer as compact UTF-8 JSON; NaN and infinities are refused, as JSON has none."""
+    return _ENCODER.encode(answer).encode()
+
+
 def success(body: Any, logs: list[str], http_status: int = 200) -> dict[str, Any]:
     return {
         "command_response": {
@@ -108,7 +113,7 @@ def from_output(finished: Finished, command_id: str, redact: Redactor) -> dict[s
         )
     text = finished.stdout.decode("utf-8", errors="replace")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = _DECODER.decode(text)
     except (ValueError, RecursionError):
         return success({"raw_response": text}, logs)
     return from_value(value, logs, command_id, redact)
@@ -208,3 +213,8 @@ def _path(parts: Any) -> str:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# Made once: json.dumps and json.loads build a new encoder or decoder on every call given options.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)

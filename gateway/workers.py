@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -286,7 +287,10 @@ class Pool:
         else:
             await self.room.acquire()
         try:
-            return await self._call(await self._worker_with_room(), command, payload, request_id, redact, deadline)
+            worker = self._least_busy() if not self._choosing.locked() else None
+            if worker is None:
+                worker = await self._worker_with_room()
+            return await self._call(worker, command, payload, request_id, redact, deadline)
         finally:
             self.room.release()
 
@@ -297,18 +301,22 @@ class Pool:
         if self.settings.concurrency == 1:
             limits = self.limits
             stderr = StderrLines(limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id, redact)
-        pending = _Pending(request_id, command, asyncio.get_running_loop().create_future(), stderr)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Answer] = loop.create_future()
+        pending = _Pending(request_id, command, future, stderr)
         worker.take(pending, _request_line(request_id, command, deadline, payload))
+        # One timer per request, set on the wall clock's deadline the worker was given.
+        timer = loop.call_later(max(deadline - time.time(), 0), _expire, future)
         try:
-            async with asyncio.timeout(max(deadline - time.time(), 0)):
-                return await asyncio.shield(pending.future)
-        except TimeoutError:
+            return await future
+        except _Expired:
             self._abandon(worker, request_id)
             raise self._timeout(command, stderr.logs() if stderr else []) from None
         except asyncio.CancelledError:
             self._abandon(worker, request_id)
             raise
         finally:
+            timer.cancel()
             worker.release(request_id)
 
     def _timeout(self, command: Command, logs: list[str]) -> ConnectorTimeout:
@@ -326,14 +334,20 @@ class Pool:
             del self.cancelled[next(iter(self.cancelled))]
         worker.send(json.dumps({"cancel": request_id}).encode() + b"\n")
 
+    def _least_busy(self) -> Worker | None:
+        """The live worker holding the fewest requests, if one has room."""
+        best = None
+        for worker in self.workers:
+            if worker.draining or worker.exited.done() or worker.load >= self.settings.concurrency:
+                continue
+            if best is None or worker.load < best.load:
+                best = worker
+        return best
+
     async def _worker_with_room(self) -> Worker:
         # One request at a time chooses, so that requests arriving together do not each start a worker.
         async with self._choosing:
-            live = self._live()
-            with_room = [worker for worker in live if worker.load < self.settings.concurrency]
-            if with_room:
-                return min(with_room, key=lambda worker: worker.load)
-            return await self._start_worker()
+            return self._least_busy() or await self._start_worker()
 
     async def _start_worker(self) -> Worker:
         wait = self._next_start - time.monotonic()
@@ -382,17 +396,27 @@ class Pool:
                 signal_group(worker.pid, signal.SIGKILL)
 
 
+class _Expired(Exception):
+    """A request's deadline passed before its worker answered."""
+
+
+def _expire(future: asyncio.Future[Answer]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
+
+
 def _request_line(request_id: str, command: Command, deadline: float, payload: bytes) -> bytes:
     # The payload is already encoded for spawn mode; it is spliced in rather than decoded and encoded again.
-    head = json.dumps(
-        {
-            "id": request_id,
-            "command": command.id,
-            "deadline": floor_to_milliseconds(deadline),
-            "timeout": command.timeout,
-        }
+    head = (
+        f'{{"id":{json.dumps(request_id)},"command":{_quoted(command.id)},'
+        f'"deadline":{floor_to_milliseconds(deadline)!r},"timeout":{command.timeout!r},"payload":'
     )
-    return head[:-1].encode() + b',"payload":' + payload + b"}\n"
+    return b"".join((head.encode(), payload, b"}\n"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoted(command_id: str) -> str:
+    return json.dumps(command_id)
 
 
 class Pools:

@@ -202,7 +202,7 @@ def test_an_unexpected_fault_still_answers_in_the_protocol_shape(
     def broken(*args: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("gateway.app.prepare_payload", broken)
+    monkeypatch.setattr("gateway.dispatch.prepare_payload", broken)
     with TestClient(create_app(make_settings()), raise_server_exceptions=False) as client:
         response = client.post("/v1/do/fake/Echo", json={"text": "x"})
 
