@@ -8,6 +8,8 @@ instead of piling up until every caller times out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from dataclasses import dataclass
 
 from gateway.errors import Saturated
@@ -23,35 +25,63 @@ class AdmissionLimits:
 
 
 class Slots:
-    """A number of slots with a bounded queue in front of them."""
+    """A number of slots with a bounded queue in front of them, served in order of arrival."""
 
     def __init__(self, size: int, queue: int) -> None:
         self.size = size
         self.queue = queue
-        self.waiting = 0
-        self._free = asyncio.Semaphore(size)
+        self.running = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
-    def running(self) -> int:
-        return self.size - self._free._value
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def take_now(self) -> bool:
+        """Take a slot if one is free and nobody is waiting for it, without waiting."""
+        if self.running < self.size and not self._waiters:
+            self.running += 1
+            return True
+        return False
 
     async def acquire(self, max_wait: float, what: str) -> None:
-        if not self._free.locked():
-            await self._free.acquire()
+        if self.take_now():
             return
-        if self.waiting >= self.queue:
+        if len(self._waiters) >= self.queue:
             raise Saturated(f"{what} is busy: {self.size} running and {self.waiting} waiting. Try again shortly.")
-        self.waiting += 1
+        if not await self.wait_for_slot(max_wait):
+            raise Saturated(f"{what} is busy: no run could start within {max_wait:g} s. Try again shortly.")
+
+    async def wait_for_slot(self, timeout: float) -> bool:
+        """Queue for a slot for up to `timeout` seconds, however long the queue: True once one is held."""
+        if self.take_now():
+            return True
+        slot = asyncio.get_running_loop().create_future()
+        self._waiters.append(slot)
         try:
-            async with asyncio.timeout(max_wait):
-                await self._free.acquire()
-        except TimeoutError:
-            raise Saturated(f"{what} is busy: no run could start within {max_wait:g} s. Try again shortly.") from None
-        finally:
-            self.waiting -= 1
+            async with asyncio.timeout(timeout):
+                await slot
+        except BaseException as exc:  # the time is up, or the waiting request was cancelled
+            self._give_up(slot)
+            if isinstance(exc, TimeoutError):
+                return False
+            raise
+        return True
+
+    def _give_up(self, slot: asyncio.Future[None]) -> None:
+        if slot.done() and not slot.cancelled():
+            self.release()  # handed over just as the wait ended: it goes to the next in line
+        else:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(slot)
 
     def release(self) -> None:
-        self._free.release()
+        while self._waiters:
+            slot = self._waiters.popleft()
+            if not slot.done():
+                slot.set_result(None)  # handed over: the count of running stays the same
+                return
+        self.running -= 1
 
 
 class Admission:
@@ -85,10 +115,11 @@ class Slot:
 
     async def __aenter__(self) -> None:
         max_wait = self.admission.limits.max_wait
-        if self.own is not None:
+        if self.own is not None and not self.own.take_now():
             await self.own.acquire(max_wait, f"Command '{self.command_id}'")
         try:
-            await self.admission.gateway.acquire(max_wait, "The gateway")
+            if not self.admission.gateway.take_now():
+                await self.admission.gateway.acquire(max_wait, "The gateway")
         except BaseException:
             if self.own is not None:
                 self.own.release()

@@ -26,14 +26,14 @@ from gateway import envelope
 from gateway.admission import Admission
 from gateway.dispatch import PREFIX, Dispatcher, not_found, send_json
 from gateway.errors import InternalError, RequestError, Saturated
-from gateway.logs import configure_logging
+from gateway.logs import AccessLog, configure_logging
 from gateway.registry import Registry, load_registry
 from gateway.runner import Runner
 from gateway.settings import API_KEY_HEADER, Settings
 from gateway.workers import Pools
 
 logger = logging.getLogger("gateway")
-access_logger = logging.getLogger("gateway.access")
+access_log = AccessLog()
 
 UNAUTHORIZED = b'{"error":"Unauthorized"}'
 
@@ -222,7 +222,7 @@ class Gateway(Starlette):
             else:
                 await self._route(scope, receive, send, id_header)
         finally:
-            if access_logger.isEnabledFor(logging.INFO):
+            if access_log.enabled():
                 _log_access(scope, state, started)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, id_header: tuple[bytes, bytes]) -> None:
@@ -278,9 +278,7 @@ def _gated(scope: Scope) -> bool:
 
 
 def _log_access(scope: Scope, state: dict[str, Any], started: float) -> None:
-    """One line per request: request id, method, path, status, command, error code, duration."""
-    access_logger.info(
-        "%s %s %s %d command=%s error=%s %.1fms",
+    access_log.write(
         state["request_id"],
         scope["method"],
         _printable(scope["path"]),

@@ -99,7 +99,8 @@ class Dispatcher:
         body = await _read_json_object(scope["headers"], receive, settings.max_body_bytes)
         payload = prepare_payload(command, body)
         stdin = _encode(payload)
-        redact = Redactor([*command.secret_values, *secret_values(command, payload)])
+        secrets = secret_values(command, payload)
+        redact = Redactor([*command.secret_values, *secrets]) if secrets else command.redact
 
         async with self.state.admission.slot(command):
             answer = await self.hang_ups.run(receive, self._execute(command, stdin, redact, state))

@@ -1,9 +1,10 @@
-"""The gateway's log output: one line per record on stderr, written in batches.
+"""The gateway's log output: one line per record on stderr, written in batches, and the access log.
 
-A busy gateway writes an access line per request, and writing each line with a
-system call of its own costs more than the rest of a request in worker mode. So
-lines are gathered and written together a moment later: at most `FLUSH_INTERVAL`
-seconds, at once for warnings and errors, and at exit.
+A busy gateway writes an access line per request, and in worker mode writing each
+line with a system call of its own, through a full logging record, costs more than
+the rest of the request. So lines are gathered and written together a moment
+later (at most `FLUSH_INTERVAL` seconds; at once for warnings and errors; at
+exit), and an access line is held as its fields until then.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+ACCESS_FORMAT = "%s %s %s %d command=%s error=%s %.1fms"
 FLUSH_INTERVAL = 0.1
 # Lines held past this many are written at once, whatever the interval.
 MAX_HELD_LINES = 1000
@@ -27,7 +29,7 @@ def configure_logging(level: str, stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     if not root.handlers:
         handler = BatchingHandler(stream)
-        handler.setFormatter(TimeCachingFormatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())
         root.addHandler(handler)
     for name in ("gateway", "uvicorn"):
         logging.getLogger(name).setLevel(level.upper())
@@ -47,7 +49,8 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
-        self.held: list[str] = []
+        # Lines, or access lines still as (time, fields) to be spelled out when written.
+        self.held: list[str | tuple[float, tuple[Any, ...]]] = []
         self._flush_scheduled_on: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -56,7 +59,16 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        if record.levelno >= logging.WARNING or len(self.held) >= MAX_HELD_LINES:
+        self._schedule_flush(urgent=record.levelno >= logging.WARNING)
+
+    def hold_access(self, fields: tuple[Any, ...]) -> None:
+        """An access line, as `AccessLog.write`'s fields: formatted when it is written."""
+        with self.lock:  # type: ignore[union-attr]
+            self.held.append((time.time(), fields))
+            self._schedule_flush(urgent=False)
+
+    def _schedule_flush(self, urgent: bool) -> None:
+        if urgent or len(self.held) >= MAX_HELD_LINES:
             self.flush()
             return
         try:
@@ -73,26 +85,82 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._flush_scheduled_on = None
             if not self.held:
                 return
-            text = "\n".join(self.held) + "\n"
+            text = "\n".join(map(self._spelled, self.held)) + "\n"
             self.held.clear()
             try:
                 self.stream.write(text)
                 self.stream.flush()
             except Exception:
-                logging.Handler.handleError(self, logging.makeLogRecord({"msg": text}))
+                self.handleError(logging.makeLogRecord({"msg": text}))
+
+    def _spelled(self, line: str | tuple[float, tuple[Any, ...]]) -> str:
+        if isinstance(line, str):
+            return line
+        created, fields = line
+        message = ACCESS_FORMAT % fields
+        if isinstance(self.formatter, TextFormatter):
+            return self.formatter.line(created, "INFO", ACCESS_LOGGER, message)
+        record = logging.makeLogRecord({"name": ACCESS_LOGGER, "levelno": logging.INFO, "levelname": "INFO"})
+        record.msg, record.created, record.msecs = message, created, int((created - int(created)) * 1000) + 0.0
+        return self.format(record)
 
 
-class TimeCachingFormatter(logging.Formatter):
-    """The standard text format, with the date and time spelled out once per second, not per line."""
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT`, with the date and time spelled out once per second rather than per line."""
 
     _second = -1
     _spelled = ""
 
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self._time(record.created, int(record.msecs))
+
+    def line(self, created: float, levelname: str, name: str, message: str) -> str:
+        """What `format` makes of a record with these fields and no exception."""
+        return f"{self._time(created, int((created - int(created)) * 1000))} {levelname:<7} {name}: {message}"
+
+    def _time(self, created: float, milliseconds: int) -> str:
+        second = int(created)
         if second != self._second:
             self._second = second
-            self._spelled = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created))
-        return f"{self._spelled},{int(record.msecs):03d}"
+            self._spelled = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(created))
+        return f"{self._spelled},{milliseconds:03d}"
+
+
+ACCESS_LOGGER = "gateway.access"
+
+
+class AccessLog:
+    """The access log: one line per request on the `gateway.access` logger, at INFO.
+
+    Under the handler `configure_logging` installs, a line skips the logging record and is
+    held as its fields until written; under any other handlers (an embedding application's,
+    a test's capture) it is an ordinary record.
+    """
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger(ACCESS_LOGGER)
+
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def write(self, request_id: str, method: str, path: str, status: int, command: str, error: str, ms: float) -> None:
+        handlers = logging.root.handlers
+        if len(handlers) == 1 and isinstance(handlers[0], BatchingHandler) and self._plain():
+            handlers[0].hold_access((request_id, method, path, status, command, error, ms))
+        else:
+            self.logger.info(ACCESS_FORMAT, request_id, method, path, status, command, error, ms)
+
+    def _plain(self) -> bool:
+        """Nothing between this logger and the root: no handler, no filter, on either."""
+        logger: logging.Logger | None = self.logger
+        while logger is not None and logger is not logging.root:
+            if logger.handlers or logger.filters or not logger.propagate:
+                return False
+            logger = logger.parent
+        handler = logging.root.handlers[0]
+        return not logging.root.filters and not handler.filters and handler.level <= logging.INFO

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +25,7 @@ import jsonschema
 import yaml
 
 from gateway.params import ParamType, json_type_name, matches_type
+from gateway.redact import Redactor
 
 SpiffKeys = Literal["all", "none"] | frozenset[str]
 
@@ -110,7 +111,12 @@ class Command(Listed):
     def workdir(self) -> Path:
         return self.source.parent
 
-    @property
+    @cached_property
+    def redact(self) -> Redactor:
+        """Hides the command's own secrets (those its environment resolved) wherever text is shown."""
+        return Redactor(self.secret_values)
+
+    @cached_property
     def pool_key(self) -> tuple[object, ...]:
         """Commands with the same key share one worker pool: the same program, started the same way."""
         return (self.source, self.argv, tuple(sorted(self.env.items())), self.inherit_env, self.run_as, self.workers)

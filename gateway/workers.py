@@ -14,11 +14,13 @@ import functools
 import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.admission import Slots
 from gateway.errors import (
     ConnectorCrashed,
     ConnectorError,
@@ -84,6 +86,7 @@ class Worker:
         self.transport: asyncio.SubprocessTransport | None = None
         self.pid = 0
         self._stdin: asyncio.WriteTransport | None = None
+        self._outbox: list[bytes] = []
         self._reaper: asyncio.Future[None] | None = None
 
     @property
@@ -109,8 +112,15 @@ class Worker:
         logger.info("Started %s (pid %d)", self.name, self.pid)
 
     def send(self, line: bytes) -> None:
-        assert self._stdin is not None
-        self._stdin.write(line)
+        """Queue a line for the worker's stdin: the lines of one turn of the event loop go in one write."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._write_outbox)
+        self._outbox.append(line)
+
+    def _write_outbox(self) -> None:
+        if self._outbox and self._stdin is not None and not self._stdin.is_closing():
+            self._stdin.write(b"".join(self._outbox))
+        self._outbox.clear()
 
     def take(self, pending: _Pending, line: bytes) -> None:
         self.pending[pending.request_id] = pending
@@ -126,6 +136,7 @@ class Worker:
 
     def close_input(self) -> None:
         """End of file on stdin: the worker finishes what it holds and exits."""
+        self._write_outbox()
         if self._stdin is not None and not self._stdin.is_closing():
             self._stdin.close()
 
@@ -257,12 +268,11 @@ class Pool:
         self.environ = environ
         self.label = f"connector '{command.connector}'"
         self.workers: list[Worker] = []
-        self.room = asyncio.Semaphore(self.settings.size * self.settings.concurrency)
+        # Requests beyond what the workers can hold wait here, within their time limit.
+        self.room = Slots(self.settings.size * self.settings.concurrency, queue=sys.maxsize)
         # Requests given up on, whose late answers are dropped; the oldest are forgotten past a bound.
         self.cancelled: dict[str, None] = {}
-        self.stderr_log = StderrLines(
-            0, limits.max_stderr_line_chars, "-", self.label, Redactor(command.secret_values), keep=False
-        )
+        self.stderr_log = StderrLines(0, limits.max_stderr_line_chars, "-", self.label, command.redact, keep=False)
         self.spawned = 0
         self.restarts = 0
         self._early_exits = 0
@@ -278,14 +288,8 @@ class Pool:
 
     async def run(self, command: Command, payload: bytes, request_id: str, redact: Redactor) -> Answer:
         deadline = time.time() + command.timeout
-        if self.room.locked():
-            try:
-                async with asyncio.timeout(command.timeout):
-                    await self.room.acquire()
-            except TimeoutError:
-                raise self._timeout(command, []) from None
-        else:
-            await self.room.acquire()
+        if not self.room.take_now() and not await self.room.wait_for_slot(command.timeout):
+            raise self._timeout(command, [])
         try:
             worker = self._least_busy() if not self._choosing.locked() else None
             if worker is None:

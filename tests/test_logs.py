@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
+from collections.abc import Iterator
 
 import pytest
 
-from gateway.logs import FLUSH_INTERVAL, TEXT_FORMAT, BatchingHandler, TimeCachingFormatter
+from gateway.logs import FLUSH_INTERVAL, TEXT_FORMAT, AccessLog, BatchingHandler, TextFormatter, configure_logging
 
 
 @pytest.fixture
@@ -78,8 +80,47 @@ def test_lines_held_when_the_loop_ends_are_written_by_the_next_flush(
 
 def test_the_time_is_spelled_as_the_standard_formatter_spells_it() -> None:
     record = logging.makeLogRecord({"name": "gateway", "levelname": "INFO", "levelno": 20, "msg": "hello"})
-    caching = TimeCachingFormatter(TEXT_FORMAT)
+    caching = TextFormatter()
     for created in (1_800_000_000.0, 1_800_000_000.5, 1_800_000_001.25):
         record.created, record.msecs = created, (created % 1) * 1000
 
         assert caching.format(record) == logging.Formatter(TEXT_FORMAT).format(record)
+
+
+@pytest.fixture
+def gateway_logging() -> Iterator[io.StringIO]:
+    """The root logger as `connector-gateway serve` sets it up, writing to a string."""
+    root = logging.getLogger()
+    saved = root.handlers, root.level
+    stream = io.StringIO()
+    root.handlers = []
+    configure_logging("info", stream)
+    yield stream
+    root.handlers, root.level = saved
+
+
+def test_an_access_line_reads_like_any_other_record(gateway_logging: io.StringIO) -> None:
+    async def serve() -> None:
+        logging.getLogger("gateway").info("started")
+        AccessLog().write("a1b2", "POST", "/v1/do/x/Y", 200, "x/Y", "-", 1.25)
+        logging.getLogger("gateway").warning("then this")
+
+    asyncio.run(serve())
+
+    lines = gateway_logging.getvalue().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert [re.sub(stamp, "<time>", line) for line in lines] == [
+        "<time> INFO    gateway: started",
+        "<time> INFO    gateway.access: a1b2 POST /v1/do/x/Y 200 command=x/Y error=- 1.2ms",
+        "<time> WARNING gateway: then this",
+    ]
+
+
+def test_under_other_handlers_an_access_line_is_an_ordinary_record(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+
+    AccessLog().write("a1b2", "POST", "/v1/do/x/Y", 429, "x/Y", "busy", 0.5)
+
+    (record,) = caplog.records
+    assert (record.name, record.levelname) == ("gateway.access", "INFO")
+    assert record.getMessage() == "a1b2 POST /v1/do/x/Y 429 command=x/Y error=busy 0.5ms"
