@@ -9,6 +9,7 @@ import html
 import itertools
 import logging
 import os
+import re
 import secrets
 import sys
 import time
@@ -27,6 +28,7 @@ from gateway.admission import Admission
 from gateway.dispatch import PREFIX, Dispatcher, not_found, send_json
 from gateway.errors import InternalError, RequestError, Saturated
 from gateway.logs import AccessLog, configure_logging
+from gateway.metrics import NO_COMMAND, NO_ERROR, RequestMetrics, process_gauges, render
 from gateway.registry import Registry, load_registry
 from gateway.runner import Runner
 from gateway.settings import API_KEY_HEADER, Settings
@@ -55,6 +57,7 @@ def create_app(
             Route("/v1/auths", list_auths),
             Route("/v1/do/{connector}/{command}", _dispatched_elsewhere, methods=["POST"]),
             Route("/v1/auth/{connector}/{auth}", start_auth),
+            Route("/metrics", metrics),
         ],
         exception_handlers={
             RequestError: request_error,
@@ -70,6 +73,7 @@ def create_app(
     app.state.pools = Pools(settings.limits, environ)
     app.state.admission = Admission(settings.admission)
     app.api_key = settings.api_key.encode() if settings.api_key is not None else None
+    app.metrics_need_key = settings.metrics_need_key
     app.dispatcher = Dispatcher(app.state)
     return app
 
@@ -111,7 +115,7 @@ def _pidfd_child_watcher() -> Iterator[None]:
 def app_from_environment() -> Starlette:
     """The app of one of several gateway processes (`serve --workers N`), set up from the environment."""
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return create_app(settings)
 
 
@@ -136,6 +140,12 @@ async def liveness(request: Request) -> Response:
 
 async def list_commands(request: Request) -> Response:
     return Response(request.app.state.registry.commands_json, media_type="application/json")
+
+
+async def metrics(request: Request) -> Response:
+    app: Gateway = request.app
+    text = render(app.metrics, process_gauges(app.state, len(app.ids.in_flight)))
+    return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def list_auths(request: Request) -> Response:
@@ -197,12 +207,15 @@ class Gateway(Starlette):
     then the dispatcher for `POST /v1/do/...` and Starlette's routing for the rest."""
 
     api_key: bytes | None = None
+    metrics_need_key = False
     dispatcher: Dispatcher
     ids: RequestIds
+    metrics: RequestMetrics
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ids = RequestIds()
+        self.metrics = RequestMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -210,10 +223,14 @@ class Gateway(Starlette):
             return
         started = time.perf_counter()
         state = scope.setdefault("state", {})
-        state["request_id"] = request_id = self.ids.next()
+        state["request_id"] = request_id = self.ids.take(scope["headers"])
         id_header = (b"x-request-id", request_id.encode())
         try:
-            if self.api_key is not None and _gated(scope) and not _key_matches(scope, self.api_key):
+            if (
+                self.api_key is not None
+                and _gated(scope, self.metrics_need_key)
+                and not _key_matches(scope, self.api_key)
+            ):
                 state["error_code"] = "unauthorized"
                 state["status"] = 401
                 await send_json(send, 401, UNAUTHORIZED, [id_header])
@@ -222,8 +239,14 @@ class Gateway(Starlette):
             else:
                 await self._route(scope, receive, send, id_header)
         finally:
+            self.ids.release(request_id)
+            elapsed = time.perf_counter() - started
+            status = state.get("status", 500)
+            self.metrics.observe(
+                state.get("command_id", NO_COMMAND), status, state.get("error_code", NO_ERROR), elapsed
+            )
             if access_log.enabled():
-                _log_access(scope, state, started)
+                _log_access(scope, state, status, elapsed)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, id_header: tuple[bytes, bytes]) -> None:
         state = scope["state"]
@@ -250,14 +273,41 @@ class Gateway(Starlette):
 
 
 class RequestIds:
-    """Request ids: a random prefix for this process and a counter, 32 hex digits like a UUID's but cheaper."""
+    """Request ids: the caller's `X-Request-Id` when it is a plain token, else one made here.
+
+    Made ids are a random prefix for this process and a counter: 32 hex digits, like a UUID's,
+    but cheaper. An id is unique among the requests in flight, as workers match answers by it:
+    a caller's id that is already in flight gets a suffix.
+    """
 
     def __init__(self) -> None:
         self.prefix = secrets.token_hex(12)
         self.counter = itertools.count()
+        self.in_flight: set[str] = set()
 
-    def next(self) -> str:
-        return f"{self.prefix}{next(self.counter):08x}"
+    def take(self, headers: list[tuple[bytes, bytes]]) -> str:
+        request_id = None
+        for name, value in headers:
+            if name == b"x-request-id":
+                request_id = _plain_token(value)
+                break
+        if request_id is None:
+            request_id = f"{self.prefix}{next(self.counter):08x}"
+        elif request_id in self.in_flight:
+            request_id = f"{request_id}.{next(self.counter):x}"
+        self.in_flight.add(request_id)
+        return request_id
+
+    def release(self, request_id: str) -> None:
+        self.in_flight.discard(request_id)
+
+
+_TOKEN = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def _plain_token(value: bytes) -> str | None:
+    """A caller's request id, if it is safe to log and pass on: letters, digits, `._:-`, at most 128."""
+    return value.decode("ascii") if _TOKEN.fullmatch(value) else None
 
 
 _API_KEY_NAME = API_KEY_HEADER.lower().encode("latin-1")
@@ -269,23 +319,25 @@ def _key_matches(scope: Scope, api_key: bytes) -> bool:
     return len(sent) == 1 and hmac.compare_digest(sent[0], api_key)
 
 
-def _gated(scope: Scope) -> bool:
-    """Every /v1 route needs the API key, but liveness and the browser's auth route."""
+def _gated(scope: Scope, metrics_need_key: bool) -> bool:
+    """Every /v1 route needs the API key, but liveness and the browser's auth route; /metrics if so set."""
     path: str = scope["path"]
     if scope["method"] == "OPTIONS" or path in ("/liveness", "/v1/liveness"):
         return False
+    if path == "/metrics":
+        return metrics_need_key
     return path.startswith("/v1/") and not path.startswith("/v1/auth/")
 
 
-def _log_access(scope: Scope, state: dict[str, Any], started: float) -> None:
+def _log_access(scope: Scope, state: dict[str, Any], status: int, elapsed: float) -> None:
     access_log.write(
         state["request_id"],
         scope["method"],
         _printable(scope["path"]),
-        state.get("status", 500),
+        status,
         _printable(state.get("command", "-")),
         state.get("error_code", "-"),
-        (time.perf_counter() - started) * 1000,
+        elapsed * 1000,
     )
 
 

@@ -47,6 +47,8 @@ environment variables (flags win over them):
   {ENV_PREFIX}MAX_WAIT        seconds a request may wait for a run slot (default 10); then: 429
   {ENV_PREFIX}SHUTDOWN_GRACE  seconds in-flight requests may finish after SIGTERM (default 30)
   {ENV_PREFIX}LOG_LEVEL       debug, info, warning or error (default info)
+  {ENV_PREFIX}LOG_FORMAT      text or json: one JSON object per log line (default text)
+  {ENV_PREFIX}METRICS_NEED_KEY  1: /metrics asks for the API key too, when one is set (default 0)
   {API_KEY_VARIABLE}     shared secret Arena sends in Spiff-Connector-Proxy-Api-Key;
                               when set, /v1 routes answer 401 without it"""
 
@@ -96,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--timeout", type=float, help="default time limit in seconds (default 30)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON objects")
     serve.set_defaults(handler=_serve)
 
     validate = subcommands.add_parser(
@@ -125,12 +128,13 @@ def _serve(args: argparse.Namespace) -> int:
             manifest_dirs=manifest_dirs or None,
             default_timeout=args.timeout,
             log_level=args.log_level,
+            log_format=args.log_format,
         )
     except SettingsError as exc:
         print(f"connector-gateway: {exc}", file=sys.stderr)
         return 2
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.exposed_without_key:
         logger.warning(
             "Listening on %s without %s: anyone who can reach this address can run every command, "

@@ -95,6 +95,7 @@ class Dispatcher:
         command = registry.find(connector, name) if well_formed else None
         if command is None:
             raise not_found(asked)
+        state["command_id"] = command.id
         _check_media_type(scope["headers"])
         body = await _read_json_object(scope["headers"], receive, settings.max_body_bytes)
         payload = prepare_payload(command, body)

@@ -10,6 +10,8 @@ exit), and an access line is held as its fields until then.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import json
 import logging
 import time
 from typing import Any, TextIO
@@ -21,15 +23,15 @@ FLUSH_INTERVAL = 0.1
 MAX_HELD_LINES = 1000
 
 
-def configure_logging(level: str, stream: TextIO | None = None) -> None:
-    """Send the gateway's and uvicorn's records to stderr (or `stream`) at `level`.
+def configure_logging(level: str, log_format: str = "text", stream: TextIO | None = None) -> None:
+    """Send the gateway's and uvicorn's records to stderr (or `stream`) at `level`, as text or JSON lines.
 
     A process that configured logging already keeps its handlers; only the levels are set.
     """
     root = logging.getLogger()
     if not root.handlers:
         handler = BatchingHandler(stream)
-        handler.setFormatter(TextFormatter())
+        handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
         root.addHandler(handler)
     for name in ("gateway", "uvicorn"):
         logging.getLogger(name).setLevel(level.upper())
@@ -97,11 +99,11 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if isinstance(line, str):
             return line
         created, fields = line
-        message = ACCESS_FORMAT % fields
-        if isinstance(self.formatter, TextFormatter):
-            return self.formatter.line(created, "INFO", ACCESS_LOGGER, message)
+        if isinstance(self.formatter, TextFormatter | JsonFormatter):
+            return self.formatter.access_line(created, fields)
         record = logging.makeLogRecord({"name": ACCESS_LOGGER, "levelno": logging.INFO, "levelname": "INFO"})
-        record.msg, record.created, record.msecs = message, created, int((created - int(created)) * 1000) + 0.0
+        record.msg, record.args = ACCESS_FORMAT, fields
+        record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
         return self.format(record)
 
 
@@ -119,9 +121,10 @@ class TextFormatter(logging.Formatter):
             return super().formatTime(record, datefmt)
         return self._time(record.created, int(record.msecs))
 
-    def line(self, created: float, levelname: str, name: str, message: str) -> str:
-        """What `format` makes of a record with these fields and no exception."""
-        return f"{self._time(created, int((created - int(created)) * 1000))} {levelname:<7} {name}: {message}"
+    def access_line(self, created: float, fields: tuple[Any, ...]) -> str:
+        """What `format` makes of the access log's record with these fields."""
+        milliseconds = int((created - int(created)) * 1000)
+        return f"{self._time(created, milliseconds)} INFO    {ACCESS_LOGGER}: {ACCESS_FORMAT % fields}"
 
     def _time(self, created: float, milliseconds: int) -> str:
         second = int(created)
@@ -131,7 +134,45 @@ class TextFormatter(logging.Formatter):
         return f"{self._spelled},{milliseconds:03d}"
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, RFC 3339), level, logger, message, and the exception if any.
+
+    Access lines carry their fields as keys too: request_id, method, path, status, command,
+    error_code and duration_ms.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == ACCESS_LOGGER and isinstance(record.args, tuple) and len(record.args) == len(ACCESS_FIELDS):
+            return self.access_line(record.created, record.args)
+        entry: dict[str, Any] = {
+            "time": _utc(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+    def access_line(self, created: float, fields: tuple[Any, ...]) -> str:
+        entry: dict[str, Any] = {
+            "time": _utc(created),
+            "level": "INFO",
+            "logger": ACCESS_LOGGER,
+            "message": ACCESS_FORMAT % fields,
+            **dict(zip(ACCESS_FIELDS, fields, strict=True)),
+        }
+        entry["duration_ms"] = round(entry["duration_ms"], 3)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _utc(created: float) -> str:
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 ACCESS_LOGGER = "gateway.access"
+ACCESS_FIELDS = ("request_id", "method", "path", "status", "command", "error_code", "duration_ms")
 
 
 class AccessLog:

@@ -44,6 +44,9 @@ class Settings:
     # How long in-flight requests may go on after SIGTERM before they are cancelled.
     shutdown_grace: float = 30.0
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one JSON object per line
+    # Whether /metrics asks for the API key too (when one is set); Prometheus can send it as a header.
+    metrics_need_key: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -60,6 +63,8 @@ class Settings:
         values["default_timeout"] = reader.number("TIMEOUT")
         values["max_body_bytes"] = reader.integer("MAX_BODY_BYTES", 1, None)
         values["log_level"] = reader.text("LOG_LEVEL")
+        values["log_format"] = reader.choice("LOG_FORMAT", ("text", "json"))
+        values["metrics_need_key"] = reader.flag("METRICS_NEED_KEY")
         values["shutdown_grace"] = reader.number("SHUTDOWN_GRACE")
         stdout_limit = reader.integer("MAX_STDOUT_BYTES", 1, None)
         unset = AdmissionLimits()
@@ -104,6 +109,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "MAX_WAIT": repr(settings.admission.max_wait),
         ENV_PREFIX + "SHUTDOWN_GRACE": repr(settings.shutdown_grace),
         ENV_PREFIX + "LOG_LEVEL": settings.log_level,
+        ENV_PREFIX + "LOG_FORMAT": settings.log_format,
+        ENV_PREFIX + "METRICS_NEED_KEY": "1" if settings.metrics_need_key else "0",
     }
 
 
@@ -114,6 +121,22 @@ class _Reader:
     def text(self, name: str) -> str | None:
         value = self.env.get(ENV_PREFIX + name)
         return value if value else None
+
+    def choice(self, name: str, allowed: tuple[str, ...]) -> str | None:
+        raw = self.text(name)
+        if raw is not None and raw.lower() not in allowed:
+            raise SettingsError(f"{ENV_PREFIX}{name} must be one of {', '.join(allowed)}, got {raw!r}.")
+        return raw.lower() if raw is not None else None
+
+    def flag(self, name: str) -> bool | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{ENV_PREFIX}{name} must be 1 or 0 (true or false), got {raw!r}.")
 
     def integer(self, name: str, low: int, high: int | None) -> int | None:
         raw = self.text(name)

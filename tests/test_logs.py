@@ -94,7 +94,7 @@ def gateway_logging() -> Iterator[io.StringIO]:
     saved = root.handlers, root.level
     stream = io.StringIO()
     root.handlers = []
-    configure_logging("info", stream)
+    configure_logging("info", "text", stream)
     yield stream
     root.handlers, root.level = saved
 
