@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hmac
 import html
@@ -32,6 +34,7 @@ from gateway.metrics import NO_COMMAND, NO_ERROR, RequestMetrics, process_gauges
 from gateway.registry import Registry, load_registry
 from gateway.runner import Runner
 from gateway.settings import API_KEY_HEADER, Settings
+from gateway.status_page import render_page
 from gateway.workers import Pools
 
 logger = logging.getLogger("gateway")
@@ -58,6 +61,7 @@ def create_app(
             Route("/v1/do/{connector}/{command}", _dispatched_elsewhere, methods=["POST"]),
             Route("/v1/auth/{connector}/{auth}", start_auth),
             Route("/metrics", metrics),
+            Route("/", status_page),
         ],
         exception_handlers={
             RequestError: request_error,
@@ -148,6 +152,12 @@ async def metrics(request: Request) -> Response:
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+async def status_page(request: Request) -> Response:
+    app: Gateway = request.app
+    page = render_page(app.state.registry, app.metrics, app.started, app.api_key is not None)
+    return HTMLResponse(page, headers={"cache-control": "no-store"})
+
+
 async def list_auths(request: Request) -> Response:
     return Response(request.app.state.registry.auths_json, media_type="application/json")
 
@@ -216,6 +226,7 @@ class Gateway(Starlette):
         super().__init__(*args, **kwargs)
         self.ids = RequestIds()
         self.metrics = RequestMetrics()
+        self.started = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -233,7 +244,8 @@ class Gateway(Starlette):
             ):
                 state["error_code"] = "unauthorized"
                 state["status"] = 401
-                await send_json(send, 401, UNAUTHORIZED, [id_header])
+                headers = [id_header, *_CHALLENGE] if scope["path"] in _FOR_BROWSERS else [id_header]
+                await send_json(send, 401, UNAUTHORIZED, headers)
             elif scope["method"] == "POST" and scope["path"].startswith(PREFIX):
                 await self._dispatch(scope, receive, send, id_header)
             else:
@@ -314,18 +326,42 @@ _API_KEY_NAME = API_KEY_HEADER.lower().encode("latin-1")
 
 
 def _key_matches(scope: Scope, api_key: bytes) -> bool:
-    """Arena's shared secret, sent once, compared in constant time."""
+    """Arena's shared secret, sent once in its header, or as the password of HTTP Basic auth (browsers)."""
     sent = [value for name, value in scope["headers"] if name.lower() == _API_KEY_NAME]
+    if not sent:
+        sent = [
+            password for name, value in scope["headers"] if name == b"authorization" and (password := _basic(value))
+        ]
     return len(sent) == 1 and hmac.compare_digest(sent[0], api_key)
 
 
+def _basic(authorization: bytes) -> bytes | None:
+    """The password of an HTTP Basic `Authorization` value; the user name is not checked."""
+    scheme, _, encoded = authorization.partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True)
+    except binascii.Error:
+        return None
+    return decoded.partition(b":")[2] or None
+
+
+# Pages for people: a 401 there asks the browser to prompt for the key, as a Basic auth password.
+_FOR_BROWSERS = ("/",)
+_CHALLENGE = [(b"www-authenticate", b'Basic realm="connector-gateway", charset="UTF-8"')]
+
+
 def _gated(scope: Scope, metrics_need_key: bool) -> bool:
-    """Every /v1 route needs the API key, but liveness and the browser's auth route; /metrics if so set."""
+    """Every /v1 route needs the API key, but liveness and the browser's auth route; so does the
+    status page, and /metrics when so set."""
     path: str = scope["path"]
     if scope["method"] == "OPTIONS" or path in ("/liveness", "/v1/liveness"):
         return False
     if path == "/metrics":
         return metrics_need_key
+    if path in _FOR_BROWSERS:
+        return True
     return path.startswith("/v1/") and not path.startswith("/v1/auth/")
 
 
