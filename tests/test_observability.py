@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 from conftest import make_settings
 from gateway import create_app
 from gateway.logs import AccessLog, configure_logging
+from gateway.settings import Settings, SettingsError, settings_environment
 
 API_KEY = "k3y"
 
@@ -171,3 +172,28 @@ def test_json_log_lines_keep_the_traceback(json_logging: io.StringIO) -> None:
     entry = json.loads(line)
     assert entry["level"] == "ERROR"
     assert "RuntimeError: a bug" in entry["exception"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LOG_FORMAT", "xml", "CONNECTOR_GATEWAY_LOG_FORMAT must be one of text, json, got 'xml'."),
+        (
+            "METRICS_NEED_KEY",
+            "maybe",
+            "CONNECTOR_GATEWAY_METRICS_NEED_KEY must be 1 or 0 (true or false), got 'maybe'.",
+        ),
+    ],
+)
+def test_observability_settings_refuse_bad_values(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({f"CONNECTOR_GATEWAY_{variable}": value})
+
+    assert str(refused.value) == message
+
+
+def test_observability_settings_are_read_from_the_environment() -> None:
+    settings = Settings.from_env({"CONNECTOR_GATEWAY_LOG_FORMAT": "JSON", "CONNECTOR_GATEWAY_METRICS_NEED_KEY": "true"})
+
+    assert (settings.log_format, settings.metrics_need_key) == ("json", True)
+    assert Settings.from_env(settings_environment(settings)) == settings
