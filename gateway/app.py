@@ -154,7 +154,7 @@ async def metrics(request: Request) -> Response:
 
 async def status_page(request: Request) -> Response:
     app: Gateway = request.app
-    page = render_page(app.state.registry, app.metrics, app.started, app.api_key is not None)
+    page = render_page(app.state.registry, app.metrics, app.state.pools, app.started, app.api_key is not None)
     return HTMLResponse(page, headers={"cache-control": "no-store"})
 
 

@@ -18,11 +18,12 @@ from gateway.manifest import Command, Parameter
 if TYPE_CHECKING:
     from gateway.metrics import CommandStats, RequestMetrics
     from gateway.registry import Registry
+    from gateway.workers import Pools
 
 
-def render_page(registry: Registry, metrics: RequestMetrics, started: float, api_key_set: bool) -> str:
+def render_page(registry: Registry, metrics: RequestMetrics, pools: Pools, started: float, api_key_set: bool) -> str:
     commands = sorted(registry.commands.values(), key=lambda command: command.id)
-    rows = "".join(_command_row(command, metrics.command_stats(command.id)) for command in commands)
+    rows = "".join(_command_row(command, metrics.command_stats(command.id), pools) for command in commands)
     uptime = _duration(time.monotonic() - started)
     summary = (
         f"{len(commands)} command{'s' if len(commands) != 1 else ''} from {len(registry.manifests)} "
@@ -43,19 +44,34 @@ def render_page(registry: Registry, metrics: RequestMetrics, started: float, api
     )
 
 
-def _command_row(command: Command, stats: CommandStats) -> str:
+def _command_row(command: Command, stats: CommandStats, pools: Pools) -> str:
     error_rate = f"{stats.errors / stats.requests:.0%}" if stats.requests else "-"
     latency = f"{_ms(stats.p50)} / {_ms(stats.p95)}" if stats.requests else "-"
-    mode = "worker" if command.workers is not None else "spawn"
     return (
         f"<tr data-command='{html.escape(command.id, quote=True)}'>"
-        f"<td><code>{html.escape(command.id)}</code><br><small>{mode} mode</small></td>"
+        f"<td><code>{html.escape(command.id)}</code><br><small class='mode'>{_mode(command, pools)}</small></td>"
         f"<td>{html.escape(command.description or '')}</td>"
         f"<td>{_parameters(command.parameters)}</td>"
         f"<td class='num requests'>{stats.requests}</td>"
         f"<td class='num errors'>{error_rate}</td>"
         f"<td class='num'>{latency}</td></tr>"
     )
+
+
+def _mode(command: Command, pools: Pools) -> str:
+    if command.workers is None:
+        return "spawn mode"
+    pool = pools.pools.get(command.pool_key)
+    if pool is None:
+        return "worker mode, not started yet"
+    alive = len(pool.workers)
+    text = f"worker mode, {alive} worker{'s' if alive != 1 else ''} alive"
+    if pool.restarts:
+        text += f", {pool.restarts} restart{'s' if pool.restarts != 1 else ''} after early exits"
+    wait = pool.next_start_in()
+    if wait > 0:
+        text += f"; next start in {wait:.1f} s"
+    return text
 
 
 def _parameters(parameters: tuple[Parameter, ...]) -> str:

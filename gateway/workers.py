@@ -370,6 +370,10 @@ class Pool:
         self.workers.append(worker)
         return worker
 
+    def next_start_in(self) -> float:
+        """Seconds until the pool may start a worker again, after workers kept exiting early; 0 if it may now."""
+        return max(self._next_start - time.monotonic(), 0.0)
+
     def _live(self) -> list[Worker]:
         return [worker for worker in self.workers if not worker.draining and not worker.exited.done()]
 

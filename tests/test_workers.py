@@ -58,6 +58,7 @@ def test_a_worker_serves_many_requests_and_commands(client: TestClient, protocol
     assert first["deadline"] > 0
     assert other["command"] == "pool/Other"
     assert seen["served"] == 3
+    assert "worker mode, 1 worker alive" in client.get("/").text
     assert seen["env"]["CONNECTOR_MODE"] == "worker"
     assert seen["env"]["CONNECTOR_CONCURRENCY"] == "1"
     assert "CONNECTOR_REQUEST_ID" not in seen["env"]
@@ -165,8 +166,13 @@ def test_workers_that_keep_dying_are_restarted_with_backoff(tmp_path: Path, prot
     with serve(tmp_path, "{size: 1}", run="['{python}', -c, 'import sys; sys.stdin.readline()']") as client:
         crashed = do(client, protocol, {})
         waiting = do(client, protocol, {})
+        page = client.get("/").text
+        restarts = client.get("/metrics").text
 
     assert crashed["error"]["error_code"] == "connector_crashed"
+    # Operators see it on the status page and in the metrics.
+    assert "worker mode, 0 workers alive, 1 restart after early exits; next start in " in page
+    assert 'connector_gateway_worker_restarts_total{connector="pool"} 1' in restarts
     assert waiting["error"]["error_code"] == "connector_unavailable"
     assert waiting["error"]["message"].startswith(
         "The workers of 'pool/Do' keep exiting soon after they start; the next start is in "
