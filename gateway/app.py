@@ -32,6 +32,7 @@ from gateway.errors import InternalError, RequestError, Saturated
 from gateway.logs import AccessLog, configure_logging
 from gateway.metrics import NO_COMMAND, NO_ERROR, RequestMetrics, process_gauges, render
 from gateway.registry import Registry, load_registry
+from gateway.reload import Reloader, on_sighup
 from gateway.runner import Runner
 from gateway.settings import API_KEY_HEADER, Settings
 from gateway.status_page import render_page
@@ -72,6 +73,7 @@ def create_app(
     )
     app.router.redirect_slashes = False  # a 307 is no answer Arena can use
     app.state.settings = settings
+    app.state.environ = environ
     app.state.registry = registry
     app.state.runner = Runner(settings.limits, environ)
     app.state.pools = Pools(settings.limits, environ)
@@ -87,7 +89,14 @@ async def _lifespan(app: Starlette) -> AsyncIterator[None]:
     with _pidfd_child_watcher():
         pools: Pools = app.state.pools
         await pools.start_eager(list(app.state.registry.commands.values()))
-        yield
+        reloader = app.state.reloader = Reloader(app.state, app.state.environ)
+        watching = asyncio.ensure_future(reloader.watch()) if app.state.settings.reload else None
+        with on_sighup(reloader):
+            yield
+        if watching is not None:
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
         await _stop_children(app)
 
 

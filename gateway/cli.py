@@ -49,6 +49,7 @@ environment variables (flags win over them):
   {ENV_PREFIX}LOG_LEVEL       debug, info, warning or error (default info)
   {ENV_PREFIX}LOG_FORMAT      text or json: one JSON object per log line (default text)
   {ENV_PREFIX}METRICS_NEED_KEY  1: /metrics asks for the API key too, when one is set (default 0)
+  {ENV_PREFIX}RELOAD          0: do not watch the manifest directories for changes (default 1)
   {API_KEY_VARIABLE}     shared secret Arena sends in Spiff-Connector-Proxy-Api-Key;
                               when set, /v1 routes answer 401 without it"""
 
@@ -97,6 +98,13 @@ def _parser() -> argparse.ArgumentParser:
         help="gateway processes sharing the port (default 1); each has its own pools and limits",
     )
     serve.add_argument("--timeout", type=float, help="default time limit in seconds (default 30)")
+    serve.add_argument(
+        "--no-reload",
+        dest="reload",
+        action="store_false",
+        default=None,
+        help="do not watch the manifest directories (SIGHUP still reloads them)",
+    )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON objects")
     serve.set_defaults(handler=_serve)
@@ -129,6 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
             default_timeout=args.timeout,
             log_level=args.log_level,
             log_format=args.log_format,
+            reload=args.reload,
         )
     except SettingsError as exc:
         print(f"connector-gateway: {exc}", file=sys.stderr)

@@ -25,6 +25,8 @@ class Registry:
     failures: tuple[ManifestError, ...] = ()
     commands_json: bytes = b"[]"
     auths_json: bytes = b"[]"
+    # Manifests that failed on a reload, whose last good version is still served.
+    kept: frozenset[Path] = frozenset()
 
     def find(self, connector: str, command: str) -> Command | None:
         return self.commands.get(f"{connector}/{command}")
@@ -47,24 +49,39 @@ def manifest_files(directories: Iterable[Path]) -> list[Path]:
 
 
 def load_registry(
-    directories: Sequence[Path], default_timeout: float, environ: Mapping[str, str] | None = None
+    directories: Sequence[Path],
+    default_timeout: float,
+    environ: Mapping[str, str] | None = None,
+    previous: Registry | None = None,
 ) -> Registry:
     """Load every manifest; the first file to claim a command id keeps it, a later claimant is rejected.
 
     `environ` is where `${NAME}` references are looked up: the gateway's own environment by default.
+    On a reload, `previous` is the registry being replaced: a manifest that has become invalid is
+    reported, and its last good version from `previous` goes on being served.
     """
     environ = os.environ if environ is None else environ
+    last_good = {manifest.path: manifest for manifest in previous.manifests} if previous else {}
     commands: dict[str, Command] = {}
     auths: dict[str, Auth] = {}
     manifests: list[Manifest] = []
     failures: list[ManifestError] = []
+    kept: set[Path] = set()
 
     for path in manifest_files(directories):
         try:
             manifest = load_manifest(path, default_timeout, environ)
+        except ManifestError as error:
+            failures.append(error)
+            if path not in last_good:
+                continue
+            manifest = last_good[path]
+            kept.add(path)
+        try:
             _check_conflicts(manifest, commands, auths)
         except ManifestError as error:
             failures.append(error)
+            kept.discard(path)
             continue
         manifests.append(manifest)
         commands.update((command.id, command) for command in manifest.commands)
@@ -77,6 +94,7 @@ def load_registry(
         failures=tuple(failures),
         commands_json=_catalog(commands.values()),
         auths_json=_catalog(auths.values()),
+        kept=frozenset(kept),
     )
 
 

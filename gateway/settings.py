@@ -47,6 +47,8 @@ class Settings:
     log_format: str = "text"  # or "json": one JSON object per line
     # Whether /metrics asks for the API key too (when one is set); Prometheus can send it as a header.
     metrics_need_key: bool = False
+    # Watch the manifest directories and serve their changes without a restart.
+    reload: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -65,6 +67,7 @@ class Settings:
         values["log_level"] = reader.text("LOG_LEVEL")
         values["log_format"] = reader.choice("LOG_FORMAT", ("text", "json"))
         values["metrics_need_key"] = reader.flag("METRICS_NEED_KEY")
+        values["reload"] = reader.flag("RELOAD")
         values["shutdown_grace"] = reader.number("SHUTDOWN_GRACE")
         stdout_limit = reader.integer("MAX_STDOUT_BYTES", 1, None)
         unset = AdmissionLimits()
@@ -111,6 +114,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "LOG_LEVEL": settings.log_level,
         ENV_PREFIX + "LOG_FORMAT": settings.log_format,
         ENV_PREFIX + "METRICS_NEED_KEY": "1" if settings.metrics_need_key else "0",
+        ENV_PREFIX + "RELOAD": "1" if settings.reload else "0",
     }
 
 

@@ -208,6 +208,10 @@ class Worker:
         signal_group(self.pid, signal.SIGTERM)
         asyncio.get_running_loop().call_later(self.pool.limits.kill_grace, signal_group, self.pid, signal.SIGKILL)
 
+    def kill_if_running(self) -> None:
+        if self.pid and not self.exited.done():
+            signal_group(self.pid, signal.SIGKILL)
+
     def _was_cancelled(self, line: bytes) -> bool:
         """A late answer to a request the gateway cancelled is expected, and dropped."""
         with contextlib.suppress(ValueError, KeyError, TypeError, RecursionError):
@@ -391,6 +395,18 @@ class Pool:
         elif worker.exited.done():
             self._early_exits = 0
 
+    def retire(self, grace: float) -> None:
+        """Take no more requests: each worker finishes what it holds and exits, or is killed after `grace` s."""
+        for worker in list(self.workers):
+            worker.draining = True
+            if not worker.pending:
+                worker.close_input()
+            asyncio.get_running_loop().call_later(grace, worker.kill_if_running)
+
+    @property
+    def idle(self) -> bool:
+        return self.room.running == 0 and self.room.waiting == 0
+
     async def shutdown(self, grace: float) -> None:
         """Close every worker's input, let them finish for `grace` seconds, then kill what is left."""
         workers = list(self.workers)
@@ -434,6 +450,7 @@ class Pools:
         self.limits = limits
         self.environ = environ
         self.pools: dict[tuple[object, ...], Pool] = {}
+        self.retired: list[Pool] = []  # replaced by a reload, finishing what they hold
 
     def of(self, command: Command) -> Pool:
         pool = self.pools.get(command.pool_key)
@@ -449,5 +466,21 @@ class Pools:
                 except ConnectorError as error:
                     logger.error("Could not start the workers of '%s': %s", command.id, error.message)
 
+    def retire_unused(self, in_use: set[tuple[object, ...]], idle_only: bool = False) -> int:
+        """Retire the pools that no served command uses any more (after a reload); the number retired.
+
+        A request that started on a command's old definition may still open a pool for it: with
+        `idle_only`, such pools are retired once they hold nothing.
+        """
+        retired = 0
+        for key, pool in list(self.pools.items()):
+            if key in in_use or (idle_only and not pool.idle):
+                continue
+            del self.pools[key]
+            pool.retire(pool.command.timeout + self.limits.kill_grace)
+            self.retired = [*(old for old in self.retired if old.workers), pool]
+            retired += 1
+        return retired
+
     async def shutdown(self, grace: float) -> None:
-        await asyncio.gather(*(pool.shutdown(grace) for pool in self.pools.values()))
+        await asyncio.gather(*(pool.shutdown(grace) for pool in [*self.pools.values(), *self.retired]))
