@@ -177,6 +177,8 @@ def _serve_processes(settings: Settings, processes: int) -> int:
 def _run_uvicorn(settings: Settings, app: Starlette | str, **options: Any) -> None:
     import uvicorn
 
+    from gateway.server import OneSendHttpProtocol
+
     # uvicorn drains and shuts down on SIGTERM, then raises the signal again under the handler it found
     # installed: this one turns that into a clean exit, status 0, as service managers expect.
     signal.signal(signal.SIGTERM, _exit_after_shutdown)
@@ -187,6 +189,7 @@ def _run_uvicorn(settings: Settings, app: Starlette | str, **options: Any) -> No
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        http=OneSendHttpProtocol,
         **options,
     )
 

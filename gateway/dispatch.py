@@ -177,10 +177,12 @@ class HangUps:
 
     async def run(self, receive: Receive, work: Coroutine[Any, Any, _T]) -> _T | None:
         """The work's result, or None once the caller has hung up: then the work is cancelled."""
-        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         assert task is not None
         self.young[task] = receive
-        self._schedule_sweep()
+        if self._sweep_on is not loop:
+            self._schedule_sweep(loop)
         try:
             return await work
         except asyncio.CancelledError:
@@ -196,13 +198,11 @@ class HangUps:
             if watcher is not None:
                 watcher.cancel()
 
-    def _schedule_sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._sweep_on is not loop:
-            self._sweep_on = loop
-            loop.call_later(WATCH_AFTER, self._sweep)
+    def _schedule_sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweep_on = loop
+        loop.call_later(WATCH_AFTER, self._sweep, loop)
 
-    def _sweep(self) -> None:
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweep_on = None
         for task, receive in self.aging.items():
             watcher = asyncio.ensure_future(_caller_gone(receive))
@@ -210,7 +210,7 @@ class HangUps:
             self.watchers[task] = watcher
         self.aging, self.young = self.young, {}
         if self.aging:
-            self._schedule_sweep()
+            self._schedule_sweep(loop)
 
 
 def _cancel_unless_cancelled(task: asyncio.Task[Any], watcher: asyncio.Future[None]) -> None:

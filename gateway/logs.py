@@ -73,14 +73,16 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if urgent or len(self.held) >= MAX_HELD_LINES:
             self.flush()
             return
+        scheduled = self._flush_scheduled_on
+        if scheduled is not None and not scheduled.is_closed():
+            return  # a flush is due within FLUSH_INTERVAL
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
-        if self._flush_scheduled_on is not loop:
-            self._flush_scheduled_on = loop
-            loop.call_later(FLUSH_INTERVAL, self.flush)
+        self._flush_scheduled_on = loop
+        loop.call_later(FLUSH_INTERVAL, self.flush)
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
