@@ -54,7 +54,7 @@ class Row:
     """One line of the table: what is loaded, and what its ratio compares it with."""
 
     name: str
-    server: str  # gateway, starlette, webhook, or floor (subprocess without HTTP)
+    server: str  # gateway, starlette, starlette-joined, webhook, or floor (subprocess without HTTP)
     path: str = ""
     method: str = "GET"
     connector: str | None = None  # python, node or cat: the executable behind the request
@@ -71,6 +71,7 @@ ROWS = (
     Row("ceiling-echo", "starlette", "/echo", "POST"),
     Row("worker-python", "gateway", "/v1/do/bench-worker-python/Echo", "POST", "python", "ceiling-echo", worker=True),
     Row("worker-node", "gateway", "/v1/do/bench-worker-node/Echo", "POST", "node", "ceiling-echo", worker=True),
+    Row("ceiling-echo-joined", "starlette-joined", "/echo", "POST", reference="ceiling-echo"),
     Row("floor-python", "floor", connector="python"),
     Row("spawn-python", "gateway", "/v1/do/bench-python/Echo", "POST", "python", "floor-python"),
     Row("spawn-python-2", "gateway", "/v1/do/bench-python/EchoTwoAtATime", "POST", "python", "floor-python"),
@@ -443,8 +444,9 @@ def start_server(setup: Setup, row: Row) -> tuple[subprocess.Popen[bytes], str]:
         argv += ["--manifests", str(setup.tmp / "manifests")]
         env = clean_env(CONNECTOR_GATEWAY_SHUTDOWN_GRACE="2")
         ready = f"{base}/v1/liveness"
-    elif row.server == "starlette":
+    elif row.server.startswith("starlette"):
         argv = [setup.python, str(BENCH / "echo_app.py"), "--port", str(port)]
+        argv += ["--joined-writes"] if row.server == "starlette-joined" else []
         env, ready = clean_env(), f"{base}/v1/liveness"
     else:
         webhook = str(setup.tools["webhook"])
