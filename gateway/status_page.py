@@ -95,7 +95,8 @@ def _failures(registry: Registry) -> str:
     items = []
     for failure in registry.failures:
         problems = "".join(f"<li>{html.escape(str(problem))}</li>" for problem in failure.problems)
-        items.append(f"<li class='failure'><code>{html.escape(str(failure.path))}</code><ul>{problems}</ul></li>")
+        kept = "<p class='kept'>Its last good version is still served.</p>" if failure.path in registry.kept else ""
+        items.append(f"<li class='failure'><code>{html.escape(str(failure.path))}</code><ul>{problems}</ul>{kept}</li>")
     return "<ul id='failures'>" + "".join(items) + "</ul>"
 
 

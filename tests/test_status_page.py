@@ -111,6 +111,24 @@ def test_the_page_lists_commands_and_failed_manifests(browser: webdriver.Chrome,
     assert "commands: 'nope' is not of type 'array'" in failure.text
 
 
+def test_a_manifest_broken_after_start_up_appears_with_its_problems(
+    browser: webdriver.Chrome, gateway: int, manifests: Path
+) -> None:
+    (manifests / "page.yaml").write_text(manifest(ECHO + "    timeout: soon\n"))
+
+    def broken_on_the_page(page: webdriver.Chrome) -> bool:
+        page.get(f"http://127.0.0.1:{gateway}/")
+        return "page.yaml" in page.find_element(By.ID, "failures").text
+
+    WebDriverWait(browser, WAIT, poll_frequency=0.3).until(broken_on_the_page)
+    failure = next(
+        item for item in browser.find_elements(By.CSS_SELECTOR, "#failures .failure") if "page.yaml" in item.text
+    )
+    assert "commands[0].timeout: 'soon' is not of type 'number'" in failure.text
+    assert "Its last good version is still served." in failure.text
+    assert browser.find_element(By.CSS_SELECTOR, "tr[data-command='page/Echo']")
+
+
 def test_the_form_runs_a_command_and_shows_the_envelope(browser: webdriver.Chrome, gateway: int) -> None:
     browser.get(f"http://127.0.0.1:{gateway}/")
     # The form starts from the command's required parameters and defaults.
