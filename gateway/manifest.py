@@ -24,6 +24,7 @@ from typing import Any, Literal
 import jsonschema
 import yaml
 
+from gateway import schemas
 from gateway.params import ParamType, json_type_name, matches_type
 from gateway.redact import Redactor
 
@@ -46,6 +47,9 @@ class Parameter:
     has_default: bool = False
     default: Any = None
     secret: bool = False
+    # A JSON Schema (Draft 2020-12) the value must satisfy, and its validator, compiled at load.
+    schema: Mapping[str, Any] | None = None
+    validator: schemas.Validator | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
         """The parameter as listed by discovery: the protocol's fields, then descriptive ones."""
@@ -54,6 +58,8 @@ class Parameter:
             described["description"] = self.description
         if self.has_default:
             described["default"] = self.default
+        if self.schema is not None:
+            described["schema"] = self.schema
         return described
 
 
@@ -177,7 +183,8 @@ def _schema() -> dict[str, Any]:
 
 @cache
 def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(_schema())
+    # Formats checked, so that a parameter's `pattern` must be a regular expression.
+    return jsonschema.Draft202012Validator(_schema(), format_checker=schemas.FORMAT_CHECKER)
 
 
 def schema_problems(document: Any) -> list[str]:
@@ -345,18 +352,44 @@ class _Builder:
             if raw["id"] in seen:
                 self.problems.append(f"{at}.id: parameter {raw['id']!r} is declared twice")
             seen.add(raw["id"])
+            param_type, validator = self._typing(at, raw)
             parameter = Parameter(
                 id=raw["id"],
-                type=raw["type"],
+                type=param_type,
                 required=raw.get("required", False),
                 description=raw.get("description"),
                 has_default="default" in raw,
                 default=raw.get("default"),
                 secret=raw.get("secret", False),
+                schema=raw.get("schema"),
+                validator=validator,
             )
             self._check_default(at, parameter)
             parameters.append(parameter)
         return tuple(parameters)
+
+    def _typing(self, at: str, raw: dict[str, Any]) -> tuple[ParamType, schemas.Validator | None]:
+        """The scalar type listed to Arena, and the validator of the parameter's schema if it has one.
+
+        With a schema, the scalar type follows from the schema's `type`; a `type` written beside it
+        must be that same one.
+        """
+        written: ParamType | None = raw.get("type")
+        schema: dict[str, Any] | None = raw.get("schema")
+        if schema is None:
+            if written is None:
+                self.problems.append(f"{at}: needs a 'type' (str, int, bool or any) or a 'schema'")
+            return written or "any", None
+
+        problems = schemas.load_problems(schema)
+        self.problems.extend(f"{at}.schema{location}: {message}" for location, message in problems)
+        derived = schemas.scalar_type(schema)
+        if written is not None and written != derived:
+            self.problems.append(
+                f"{at}.type: {written!r} contradicts the schema, whose type {schema.get('type', '(none)')!r} "
+                f"is listed to Arena as {derived!r}; drop 'type', which follows from the schema"
+            )
+        return derived, None if problems else schemas.compile_schema(schema)
 
     def _check_default(self, at: str, parameter: Parameter) -> None:
         if not parameter.has_default:
@@ -365,7 +398,13 @@ class _Builder:
             self.problems.append(f"{at}.default: a required parameter cannot have a default; drop one of them")
         elif parameter.default is None:
             self.problems.append(f"{at}.default: null is not a default (null counts as absent); drop the line")
-        elif not matches_type(parameter.default, parameter.type):
+        elif parameter.validator is not None:
+            problems = schemas.value_problems(parameter.validator, parameter.default, parameter.secret)
+            self.problems.extend(
+                f"{at}.default{path}: {message}; a default must satisfy the parameter's schema"
+                for path, message in problems
+            )
+        elif parameter.schema is None and not matches_type(parameter.default, parameter.type):
             self.problems.append(
                 f"{at}.default: must be a {parameter.type}, got {json_type_name(parameter.default)} "
                 f"{parameter.default!r}"
