@@ -9,6 +9,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 from openapi_spec_validator import OpenAPIV31SpecValidator
 from starlette.testclient import TestClient
 
@@ -522,3 +523,21 @@ class TestOpenapiGating:
 
     def test_it_is_open_without_a_key(self, client: TestClient) -> None:
         assert openapi(client)["openapi"] == "3.1.0"
+
+
+def test_the_reference_example_behaves_as_documented(tmp_path: Path) -> None:
+    reference = (Path(__file__).parent.parent / "docs" / "manifests.md").read_text()
+    section = reference.split("### Typed parameters: `schema`", 1)[1]
+    parameters = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])["parameters"]
+    document = {
+        "manifest_version": 1,
+        "connector": "alerts",
+        "commands": [{"name": "Notify", "run": ["{python}", "-c", "pass"], "parameters": parameters}],
+    }
+    notify = load(tmp_path, yaml.safe_dump(document))
+
+    message = refusal(notify, {"tags": ["ops", 7], "retries": 9, "callback": {"host": "10.0.0.1", "port": 0}})
+    assert f"\n{message}\n" in section
+    parameters[2]["type"] = "str"
+    (contradiction,) = problems(tmp_path, yaml.safe_dump(document))
+    assert f"\n{contradiction}\n" in section
