@@ -383,6 +383,8 @@ class _Builder:
 
         problems = schemas.load_problems(schema)
         self.problems.extend(f"{at}.schema{location}: {message}" for location, message in problems)
+        unknown = schemas.unknown_keywords(schema)
+        self.warnings.extend(f"{at}.schema{location}: {message}" for location, message in unknown)
         derived = schemas.scalar_type(schema)
         if written is not None and written != derived:
             self.problems.append(

@@ -7,6 +7,7 @@ its path inside the value, never quoting a secret.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import islice
@@ -30,8 +31,26 @@ CHECKED_FORMATS = frozenset(FORMAT_CHECKER.checkers)
 MAX_PROBLEMS = 20
 
 _SCALAR: dict[str, ParamType] = {"string": "str", "integer": "int", "boolean": "bool"}
-# Keywords whose values are data, not schemas: a "$ref" or "format" key inside them is no keyword.
-_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+# Where Draft 2020-12 nests schemas: a keyword's value is one, a mapping of them, or a list of them.
+_SCHEMA_VALUED = frozenset(
+    {"items", "contains", "additionalProperties", "propertyNames", "if", "then", "else", "not"}
+    | {"unevaluatedItems", "unevaluatedProperties", "contentSchema"}
+)
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "dependentSchemas"})
+_SCHEMA_LISTS = frozenset({"prefixItems", "allOf", "anyOf", "oneOf"})
+_KEYWORDS = (
+    _SCHEMA_VALUED
+    | _SCHEMA_MAPS
+    | _SCHEMA_LISTS
+    | {"$schema", "$id", "$ref", "$anchor", "$dynamicRef", "$dynamicAnchor", "$vocabulary", "$comment"}
+    | {"type", "const", "enum", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum"}
+    | {"maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems", "maxContains", "minContains"}
+    | {"maxProperties", "minProperties", "required", "dependentRequired", "format"}
+    | {"title", "description", "default", "deprecated", "readOnly", "writeOnly", "examples"}
+    | {"contentEncoding", "contentMediaType"}
+    # OpenAPI's own annotations, harmless here.
+    | {"discriminator", "xml", "externalDocs", "example"}
+)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SHOWN_LENGTH = 60
 
@@ -56,8 +75,10 @@ def load_problems(schema: Mapping[str, Any]) -> list[tuple[str, str]]:
     if dialect is not None and dialect != DIALECT:
         problems.append((".$schema", f"{dialect!r} is not supported; only Draft 2020-12 ({DIALECT!r}) is"))
     resolver = _resolver(schema)
-    for path, keyword, value in _keywords(schema, ()):
+    for path, keyword, value in _keywords(schema):
         location = _location(path)
+        if not isinstance(value, str):
+            continue  # the meta-schema reports it
         if keyword == "format" and value not in CHECKED_FORMATS:
             checked = ", ".join(sorted(CHECKED_FORMATS))
             problems.append(
@@ -72,6 +93,18 @@ def load_problems(schema: Mapping[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+def unknown_keywords(schema: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Keywords that Draft 2020-12 does not define, which every validator ignores: typos, mostly."""
+    unknown = []
+    for path, keyword, _ in _keywords(schema):
+        if keyword in _KEYWORDS or keyword.startswith("x-"):
+            continue
+        close = difflib.get_close_matches(keyword, _KEYWORDS, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "names of extensions start with 'x-'"
+        unknown.append((_location(path), f"{keyword!r} is not a JSON Schema keyword and checks nothing; {hint}"))
+    return unknown
+
+
 def value_problems(validator: Validator, value: Any, secret: bool) -> list[tuple[str, str]]:
     """Every way `value` fails the schema, as (path inside the value, message), by path."""
     errors = list(islice(validator.iter_errors(value), MAX_PROBLEMS + 1))
@@ -84,7 +117,7 @@ def value_problems(validator: Validator, value: Any, secret: bool) -> list[tuple
 
 def has_references(schema: Mapping[str, Any]) -> bool:
     """Whether a schema refers to parts of itself: placed inside another document, it needs its own `$id`."""
-    return any(keyword != "format" for _, keyword, _ in _keywords(schema, ()))
+    return any(keyword in ("$ref", "$dynamicRef") for _, keyword, _ in _keywords(schema))
 
 
 def _resolver(schema: Mapping[str, Any]) -> Any:
@@ -106,17 +139,21 @@ def _reference_problems(resolver: Any, reference: str) -> Iterator[str]:
         yield f"{reference!r} does not point to anything in the parameter's schema"
 
 
-def _keywords(node: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
-    """The `format`, `$ref` and `$dynamicRef` keywords of a schema, wherever they are nested."""
-    if isinstance(node, list):
-        for index, item in enumerate(node):
-            yield from _keywords(item, (*path, index))
-    elif isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("format", "$ref", "$dynamicRef") and isinstance(value, str):
-                yield (*path, key), key, value
-            elif key not in _DATA_KEYWORDS:
-                yield from _keywords(value, (*path, key))
+def _keywords(schema: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str, Any]]:
+    """Every keyword of a schema and of the schemas nested in it, with its path."""
+    if not isinstance(schema, dict):
+        return  # a boolean schema has no keywords
+    for keyword, value in schema.items():
+        here = (*path, keyword)
+        yield here, keyword, value
+        if keyword in _SCHEMA_VALUED:
+            yield from _keywords(value, here)
+        elif keyword in _SCHEMA_MAPS and isinstance(value, dict):
+            for name, subschema in value.items():
+                yield from _keywords(subschema, (*here, name))
+        elif keyword in _SCHEMA_LISTS and isinstance(value, list):
+            for index, subschema in enumerate(value):
+                yield from _keywords(subschema, (*here, index))
 
 
 def _location(path: Sequence[str | int]) -> str:

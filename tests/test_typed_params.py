@@ -541,3 +541,31 @@ def test_the_reference_example_behaves_as_documented(tmp_path: Path) -> None:
     parameters[2]["type"] = "str"
     (contradiction,) = problems(tmp_path, yaml.safe_dump(document))
     assert f"\n{contradiction}\n" in section
+
+
+def test_an_unknown_keyword_is_warned_about_as_a_likely_typo(tmp_path: Path) -> None:
+    path = tmp_path / "typed.yaml"
+    path.write_text(
+        manifest_with(
+            "      - id: a\n"
+            "        schema:\n"
+            "          type: array\n"
+            "          maxitems: 5\n"
+            "          items: {type: string, x-order: 1, Pattern: '^a'}\n"
+            "          $defs: {unused: {type: object, properties: {colour: {tipe: string}}}}\n"
+            "          const_: {maxitems: 1}\n"
+        )
+    )
+
+    manifest = load_manifest(path, default_timeout=30, environ={})
+
+    assert manifest.warnings == (
+        "commands[0] (Tag).parameters[0] (a).schema.maxitems: 'maxitems' is not a JSON Schema keyword and checks "
+        "nothing; did you mean 'maxItems'?",
+        "commands[0] (Tag).parameters[0] (a).schema.items.Pattern: 'Pattern' is not a JSON Schema keyword and "
+        "checks nothing; did you mean 'pattern'?",
+        "commands[0] (Tag).parameters[0] (a).schema.$defs.unused.properties.colour.tipe: 'tipe' is not a JSON "
+        "Schema keyword and checks nothing; did you mean 'type'?",
+        "commands[0] (Tag).parameters[0] (a).schema.const_: 'const_' is not a JSON Schema keyword and checks "
+        "nothing; did you mean 'const'?",
+    )
