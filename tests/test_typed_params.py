@@ -569,3 +569,17 @@ def test_an_unknown_keyword_is_warned_about_as_a_likely_typo(tmp_path: Path) -> 
         "commands[0] (Tag).parameters[0] (a).schema.const_: 'const_' is not a JSON Schema keyword and checks "
         "nothing; did you mean 'const'?",
     )
+
+
+def test_the_status_page_shows_a_schema_in_brief(typed_client: TestClient) -> None:
+    page = typed_client.get("/").text
+
+    assert (
+        "<li><code>items</code> (any, required): Up to five tags.<br><code class='schema' "
+        "title='{&quot;type&quot;:&quot;array&quot;,&quot;items&quot;:{&quot;type&quot;:&quot;string&quot;},"
+        "&quot;maxItems&quot;:5}'>{&quot;type&quot;:&quot;array&quot;,&quot;items&quot;:{&quot;type&quot;:"
+        "&quot;string&quot;},&quot;maxItems&quot;:5}</code></li>"
+    ) in page
+    tree = page.split("<code>tree</code>", 1)[1].split("</li>", 1)[0]
+    assert tree.endswith("...</code>")
+    assert '"typed/Tag": {"items": [], "level": 3}' in page  # the form starts from an empty array
