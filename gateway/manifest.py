@@ -7,7 +7,9 @@ exist). Every problem is collected and reported at once with its location.
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
 import pwd
 import re
@@ -163,7 +165,7 @@ def load_manifest(path: Path, default_timeout: float, environ: Mapping[str, str]
     """
     document = _read_yaml(path)
 
-    problems = schema_problems(document)
+    problems = not_json_problems(document) or schema_problems(document)
     if problems:
         raise ManifestError(path, problems)
 
@@ -190,6 +192,27 @@ def _validator() -> jsonschema.Draft202012Validator:
 def schema_problems(document: Any) -> list[str]:
     errors = sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
     return [f"{_location(error.absolute_path)}: {_schema_message(error)}" for error in errors]
+
+
+def not_json_problems(document: Any, path: tuple[str | int, ...] = ()) -> list[str]:
+    """Values YAML reads that JSON has no word for (dates, binary, sets): they could not be listed or sent."""
+    if isinstance(document, dict):
+        problems = []
+        for key, value in document.items():
+            if not isinstance(key, str):
+                problems.append(f"{_location(path)}: the key {key!r} is not a string; quote it")
+            problems += not_json_problems(value, (*path, str(key)))
+        return problems
+    if isinstance(document, list):
+        return [problem for index, item in enumerate(document) for problem in not_json_problems(item, (*path, index))]
+    if isinstance(document, float) and not math.isfinite(document):
+        return [f"{_location(path)}: {document!r} is not a JSON number"]
+    if document is None or isinstance(document, str | int | float | bool):
+        return []
+    if isinstance(document, datetime.date):
+        written = document.isoformat(sep=" ") if isinstance(document, datetime.datetime) else document.isoformat()
+        return [f"{_location(path)}: YAML reads {written} as a date, and JSON has no dates; quote it: '{written}'"]
+    return [f"{_location(path)}: a {type(document).__name__} is not a JSON value"]
 
 
 def _schema_message(error: jsonschema.ValidationError) -> str:

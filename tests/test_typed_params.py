@@ -583,3 +583,23 @@ def test_the_status_page_shows_a_schema_in_brief(typed_client: TestClient) -> No
     tree = page.split("<code>tree</code>", 1)[1].split("</li>", 1)[0]
     assert tree.endswith("...</code>")
     assert '"typed/Tag": {"items": [], "level": 3}' in page  # the form starts from an empty array
+
+
+def test_values_that_json_cannot_carry_are_refused_with_their_location(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        manifest_with(
+            "      - {id: a, type: any, default: 2026-12-04}\n"
+            "      - {id: b, schema: {enum: [2026-12-04 10:30:00, x], maximum: .inf}}\n"
+            "      - {id: c, schema: {type: object, properties: {1: {type: string}}}}\n"
+        ),
+    )
+
+    assert found == [
+        "commands[0].parameters[0].default: YAML reads 2026-12-04 as a date, and JSON has no dates; quote it: "
+        "'2026-12-04'",
+        "commands[0].parameters[1].schema.enum[0]: YAML reads 2026-12-04 10:30:00 as a date, and JSON has no dates; "
+        "quote it: '2026-12-04 10:30:00'",
+        "commands[0].parameters[1].schema.maximum: inf is not a JSON number",
+        "commands[0].parameters[2].schema.properties: the key 1 is not a string; quote it",
+    ]
