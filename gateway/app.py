@@ -62,6 +62,7 @@ def create_app(
             Route("/v1/do/{connector}/{command}", _dispatched_elsewhere, methods=["POST"]),
             Route("/v1/auth/{connector}/{auth}", start_auth),
             Route("/metrics", metrics),
+            Route("/openapi.json", openapi_document),
             Route("/", status_page),
         ],
         exception_handlers={
@@ -153,6 +154,10 @@ async def liveness(request: Request) -> Response:
 
 async def list_commands(request: Request) -> Response:
     return Response(request.app.state.registry.commands_json, media_type="application/json")
+
+
+async def openapi_document(request: Request) -> Response:
+    return Response(request.app.state.registry.openapi_json, media_type="application/json")
 
 
 async def metrics(request: Request) -> Response:
@@ -357,13 +362,13 @@ def _basic(authorization: bytes) -> bytes | None:
 
 
 # Pages for people: a 401 there asks the browser to prompt for the key, as a Basic auth password.
-_FOR_BROWSERS = ("/",)
+_FOR_BROWSERS = ("/", "/openapi.json")
 _CHALLENGE = [(b"www-authenticate", b'Basic realm="connector-gateway", charset="UTF-8"')]
 
 
 def _gated(scope: Scope, metrics_need_key: bool) -> bool:
-    """Every /v1 route needs the API key, but liveness and the browser's auth route; so does the
-    status page, and /metrics when so set."""
+    """Every /v1 route needs the API key, but liveness and the browser's auth route; so do the
+    status page and /openapi.json, and /metrics when so set."""
     path: str = scope["path"]
     if scope["method"] == "OPTIONS" or path in ("/liveness", "/v1/liveness"):
         return False

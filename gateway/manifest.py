@@ -7,7 +7,9 @@ exist). Every problem is collected and reported at once with its location.
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
 import pwd
 import re
@@ -24,6 +26,7 @@ from typing import Any, Literal
 import jsonschema
 import yaml
 
+from gateway import schemas
 from gateway.params import ParamType, json_type_name, matches_type
 from gateway.redact import Redactor
 
@@ -46,6 +49,9 @@ class Parameter:
     has_default: bool = False
     default: Any = None
     secret: bool = False
+    # A JSON Schema (Draft 2020-12) the value must satisfy, and its validator, compiled at load.
+    schema: Mapping[str, Any] | None = None
+    validator: schemas.Validator | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
         """The parameter as listed by discovery: the protocol's fields, then descriptive ones."""
@@ -54,6 +60,8 @@ class Parameter:
             described["description"] = self.description
         if self.has_default:
             described["default"] = self.default
+        if self.schema is not None:
+            described["schema"] = self.schema
         return described
 
 
@@ -157,7 +165,7 @@ def load_manifest(path: Path, default_timeout: float, environ: Mapping[str, str]
     """
     document = _read_yaml(path)
 
-    problems = schema_problems(document)
+    problems = not_json_problems(document) or schema_problems(document)
     if problems:
         raise ManifestError(path, problems)
 
@@ -177,12 +185,34 @@ def _schema() -> dict[str, Any]:
 
 @cache
 def _validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(_schema())
+    # Formats checked, so that a parameter's `pattern` must be a regular expression.
+    return jsonschema.Draft202012Validator(_schema(), format_checker=schemas.FORMAT_CHECKER)
 
 
 def schema_problems(document: Any) -> list[str]:
     errors = sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
     return [f"{_location(error.absolute_path)}: {_schema_message(error)}" for error in errors]
+
+
+def not_json_problems(document: Any, path: tuple[str | int, ...] = ()) -> list[str]:
+    """Values YAML reads that JSON has no word for (dates, binary, sets): they could not be listed or sent."""
+    if isinstance(document, dict):
+        problems = []
+        for key, value in document.items():
+            if not isinstance(key, str):
+                problems.append(f"{_location(path)}: the key {key!r} is not a string; quote it")
+            problems += not_json_problems(value, (*path, str(key)))
+        return problems
+    if isinstance(document, list):
+        return [problem for index, item in enumerate(document) for problem in not_json_problems(item, (*path, index))]
+    if isinstance(document, float) and not math.isfinite(document):
+        return [f"{_location(path)}: {document!r} is not a JSON number"]
+    if document is None or isinstance(document, str | int | float | bool):
+        return []
+    if isinstance(document, datetime.date):
+        written = document.isoformat(sep=" ") if isinstance(document, datetime.datetime) else document.isoformat()
+        return [f"{_location(path)}: YAML reads {written} as a date, and JSON has no dates; quote it: '{written}'"]
+    return [f"{_location(path)}: a {type(document).__name__} is not a JSON value"]
 
 
 def _schema_message(error: jsonschema.ValidationError) -> str:
@@ -345,18 +375,46 @@ class _Builder:
             if raw["id"] in seen:
                 self.problems.append(f"{at}.id: parameter {raw['id']!r} is declared twice")
             seen.add(raw["id"])
+            param_type, validator = self._typing(at, raw)
             parameter = Parameter(
                 id=raw["id"],
-                type=raw["type"],
+                type=param_type,
                 required=raw.get("required", False),
                 description=raw.get("description"),
                 has_default="default" in raw,
                 default=raw.get("default"),
                 secret=raw.get("secret", False),
+                schema=raw.get("schema"),
+                validator=validator,
             )
             self._check_default(at, parameter)
             parameters.append(parameter)
         return tuple(parameters)
+
+    def _typing(self, at: str, raw: dict[str, Any]) -> tuple[ParamType, schemas.Validator | None]:
+        """The scalar type listed to Arena, and the validator of the parameter's schema if it has one.
+
+        With a schema, the scalar type follows from the schema's `type`; a `type` written beside it
+        must be that same one.
+        """
+        written: ParamType | None = raw.get("type")
+        schema: dict[str, Any] | None = raw.get("schema")
+        if schema is None:
+            if written is None:
+                self.problems.append(f"{at}: needs a 'type' (str, int, bool or any) or a 'schema'")
+            return written or "any", None
+
+        problems = schemas.load_problems(schema)
+        self.problems.extend(f"{at}.schema{location}: {message}" for location, message in problems)
+        unknown = schemas.unknown_keywords(schema)
+        self.warnings.extend(f"{at}.schema{location}: {message}" for location, message in unknown)
+        derived = schemas.scalar_type(schema)
+        if written is not None and written != derived:
+            self.problems.append(
+                f"{at}.type: {written!r} contradicts the schema, whose type {schema.get('type', '(none)')!r} "
+                f"is listed to Arena as {derived!r}; drop 'type', which follows from the schema"
+            )
+        return derived, None if problems else schemas.compile_schema(schema)
 
     def _check_default(self, at: str, parameter: Parameter) -> None:
         if not parameter.has_default:
@@ -365,7 +423,13 @@ class _Builder:
             self.problems.append(f"{at}.default: a required parameter cannot have a default; drop one of them")
         elif parameter.default is None:
             self.problems.append(f"{at}.default: null is not a default (null counts as absent); drop the line")
-        elif not matches_type(parameter.default, parameter.type):
+        elif parameter.validator is not None:
+            problems = schemas.value_problems(parameter.validator, parameter.default, parameter.secret)
+            self.problems.extend(
+                f"{at}.default{path}: {message}; a default must satisfy the parameter's schema"
+                for path, message in problems
+            )
+        elif parameter.schema is None and not matches_type(parameter.default, parameter.type):
             self.problems.append(
                 f"{at}.default: must be a {parameter.type}, got {json_type_name(parameter.default)} "
                 f"{parameter.default!r}"

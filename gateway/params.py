@@ -1,8 +1,8 @@
 """Checking a caller's payload against a command's declared parameters.
 
 Arena evaluates every parameter as a Python expression, so any JSON value can
-arrive for any parameter: this is where `str`, `int` and `bool` are enforced,
-`null` is treated as absent and defaults are filled in.
+arrive for any parameter: this is where `str`, `int` and `bool` and parameters'
+schemas are enforced, `null` is treated as absent and defaults are filled in.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.errors import InvalidParameter, MissingParameter
 from gateway.redact import string_leaves
+from gateway.schemas import value_problems
 
 if TYPE_CHECKING:
     from gateway.manifest import Command, Parameter
@@ -69,9 +70,15 @@ def prepare_payload(command: Command, body: dict[str, Any]) -> dict[str, Any]:
             elif parameter.has_default:
                 payload[parameter.id] = parameter.default
             continue
-        if not matches_type(value, parameter.type):
+        if parameter.validator is not None:
+            problems = value_problems(parameter.validator, value, parameter.secret)
+            if problems:
+                invalid.extend(f"Parameter '{parameter.id}'{path}: {message}." for path, message in problems)
+                continue
+        elif not matches_type(value, parameter.type):
             invalid.append(_type_problem(parameter, value))
-        elif parameter.type == "int":
+            continue
+        if parameter.type == "int":
             payload[parameter.id] = _as_int(value)
 
     if missing:

@@ -1,7 +1,8 @@
 """The registry: every command and auth handler loaded from the manifest directories.
 
 A bad manifest is reported and skipped; it never hides the others. The
-discovery answers are serialized once per load, not once per request.
+discovery answers and the OpenAPI document are serialized once per load, not
+once per request.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway import openapi
 from gateway.manifest import Auth, Command, Listed, Manifest, ManifestError, load_manifest
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -25,6 +27,7 @@ class Registry:
     failures: tuple[ManifestError, ...] = ()
     commands_json: bytes = b"[]"
     auths_json: bytes = b"[]"
+    openapi_json: bytes = field(default_factory=lambda: openapi.openapi_json(()))
     # Manifests that failed on a reload, whose last good version is still served.
     kept: frozenset[Path] = frozenset()
 
@@ -94,6 +97,7 @@ def load_registry(
         failures=tuple(failures),
         commands_json=_catalog(commands.values()),
         auths_json=_catalog(auths.values()),
+        openapi_json=openapi.openapi_json(commands.values()),
         kept=frozenset(kept),
     )
 

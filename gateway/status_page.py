@@ -85,8 +85,23 @@ def _parameters(parameters: tuple[Parameter, ...]) -> str:
         if parameter.secret:
             facts.append("secret")
         described = f": {html.escape(parameter.description)}" if parameter.description else ""
-        items.append(f"<li><code>{html.escape(parameter.id)}</code> ({html.escape(', '.join(facts))}){described}</li>")
+        items.append(
+            f"<li><code>{html.escape(parameter.id)}</code> ({html.escape(', '.join(facts))}){described}"
+            f"{_schema(parameter)}</li>"
+        )
     return "<ul>" + "".join(items) + "</ul>"
+
+
+def _schema(parameter: Parameter) -> str:
+    """The parameter's schema in brief: its start on one line, the whole of it on hover."""
+    if parameter.schema is None:
+        return ""
+    text = json.dumps(parameter.schema, ensure_ascii=False, separators=(",", ":"))
+    brief = text if len(text) <= _SCHEMA_SHOWN else text[: _SCHEMA_SHOWN - 3] + "..."
+    return f"<br><code class='schema' title='{html.escape(text, quote=True)}'>{html.escape(brief)}</code>"
+
+
+_SCHEMA_SHOWN = 100
 
 
 def _failures(registry: Registry) -> str:
@@ -106,8 +121,18 @@ def _option(command: Command) -> str:
 
 def _template(parameters: tuple[Parameter, ...]) -> dict[str, Any]:
     """Parameters to start the form from: defaults, and an empty value of the right type for the rest."""
-    empty: dict[str, Any] = {"str": "", "int": 0, "bool": False, "any": None}
-    return {p.id: p.default if p.has_default else empty[p.type] for p in parameters if p.required or p.has_default}
+    return {p.id: p.default if p.has_default else _empty(p) for p in parameters if p.required or p.has_default}
+
+
+def _empty(parameter: Parameter) -> Any:
+    declared = parameter.schema.get("type") if parameter.schema is not None else None
+    if declared in _EMPTY_OF_SCHEMA:
+        return _EMPTY_OF_SCHEMA[declared]
+    return _EMPTY[parameter.type]
+
+
+_EMPTY: dict[str, Any] = {"str": "", "int": 0, "bool": False, "any": None}
+_EMPTY_OF_SCHEMA: dict[str, Any] = {"array": [], "object": {}, "number": 0}
 
 
 def _script_json(value: Any) -> str:
