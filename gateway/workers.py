@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.admission import Slots
+from gateway.deadlines import Deadlines
 from gateway.errors import (
     ConnectorCrashed,
     ConnectorError,
@@ -276,6 +277,7 @@ class Pool:
         self.room = Slots(self.settings.size * self.settings.concurrency, queue=sys.maxsize)
         # Requests given up on, whose late answers are dropped; the oldest are forgotten past a bound.
         self.cancelled: dict[str, None] = {}
+        self.deadlines = Deadlines(_expire)
         self.stderr_log = StderrLines(0, limits.max_stderr_line_chars, "-", self.label, command.redact, keep=False)
         self.spawned = 0
         self.restarts = 0
@@ -313,8 +315,8 @@ class Pool:
         future: asyncio.Future[Answer] = loop.create_future()
         pending = _Pending(request_id, command, future, stderr)
         worker.take(pending, _request_line(request_id, command, deadline, payload))
-        # One timer per request, set on the wall clock's deadline the worker was given.
-        timer = loop.call_later(max(deadline - time.time(), 0), _expire, future)
+        # The wall clock's deadline the worker was given, on the loop's clock.
+        self.deadlines.add(loop, future, command.timeout, loop.time() + deadline - time.time())
         try:
             return await future
         except _Expired:
@@ -324,7 +326,7 @@ class Pool:
             self._abandon(worker, request_id)
             raise
         finally:
-            timer.cancel()
+            self.deadlines.finished(command.timeout)
             worker.release(request_id)
 
     def _timeout(self, command: Command, logs: list[str]) -> ConnectorTimeout:
@@ -424,7 +426,7 @@ class _Expired(Exception):
     """A request's deadline passed before its worker answered."""
 
 
-def _expire(future: asyncio.Future[Answer]) -> None:
+def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(_Expired())
 
