@@ -67,16 +67,15 @@ func reserveStock(ctx context.Context, params Params, call Call) (Result, error)
 	if metadata := r.object("metadata"); metadata != nil {
 		reservation["metadata"] = metadata
 	}
+	// Arena retries a task after a 5xx; with the task's id as the key, the service
+	// answers the reservation it already made instead of holding the stock twice.
+	if taskID := r.str("spiff__task_id", false); taskID != "" {
+		headers["Idempotency-Key"] = taskID
+	}
 	if err := rejectIfAny(&r); err != nil {
 		return Result{}, err
 	}
 	target := endpoint(base, "/reservations")
-
-	// Arena retries a task after a 5xx; with the task's id as the key, the service
-	// answers the reservation it already made instead of holding the stock twice.
-	if taskID := r.secret("spiff__task_id"); taskID != "" {
-		headers["Idempotency-Key"] = taskID
-	}
 	request := UpstreamRequest{Method: "POST", URL: target, Headers: tracing(call, headers), JSON: reservation}
 	response, err := send(ctx, call, request)
 	if err != nil {

@@ -54,8 +54,21 @@ func (r *recorder) call() Call {
 	return Call{RequestID: "req-1", Log: func(line string) { r.lines = append(r.lines, line) }}
 }
 
-func within(seconds int) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), time.Duration(seconds)*time.Second)
+// invoke runs command on values, as the gateway would pass them, within 10 s.
+func invoke(t *testing.T, command Command, values map[string]any) (Result, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	result, _, err := invokeLogged(t, ctx, command, values)
+	return result, err
+}
+
+// invokeLogged runs command on values within ctx, and returns its log lines too.
+func invokeLogged(t *testing.T, ctx context.Context, command Command, values map[string]any) (Result, []string, error) {
+	t.Helper()
+	log := &recorder{}
+	result, err := command(ctx, params(t, values), log.call())
+	return result, log.lines, err
 }
 
 // failureOf is err as a *Failure, or the test fails.
@@ -84,11 +97,9 @@ func asJSON(t *testing.T, value any) any {
 
 func TestGetStock_AnswersTheItemWithOneLogLine(t *testing.T) {
 	service, url := warehouse(t)
-	log := &recorder{}
-	ctx, cancel := within(10)
-	defer cancel()
+	values := map[string]any{"base_url": url + "/", "api_token": token, "sku": "GEAR-7"}
 
-	result, err := getStock(ctx, params(t, map[string]any{"base_url": url + "/", "api_token": token, "sku": "GEAR-7"}), log.call())
+	result, lines, err := invokeLogged(t, context.Background(), getStock, values)
 
 	if err != nil {
 		t.Fatal(err)
@@ -97,8 +108,8 @@ func TestGetStock_AnswersTheItemWithOneLogLine(t *testing.T) {
 	if result.Status != 200 || !reflect.DeepEqual(asJSON(t, result.Body), want) {
 		t.Errorf("got %d %v, want 200 %v", result.Status, asJSON(t, result.Body), want)
 	}
-	if len(log.lines) != 1 || !strings.HasPrefix(log.lines[0], "GET "+url+"/items/GEAR-7 -> 200 in ") {
-		t.Errorf("log lines: %q", log.lines)
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], "GET "+url+"/items/GEAR-7 -> 200 in ") {
+		t.Errorf("log lines: %q", lines)
 	}
 	sent := service.Requests()[0]
 	if sent.Header.Get("Authorization") != "Bearer "+token || sent.Header.Get("X-Request-Id") != "req-1" {
@@ -108,10 +119,8 @@ func TestGetStock_AnswersTheItemWithOneLogLine(t *testing.T) {
 
 func TestGetStock_AnUnknownSKUIsUnknownItem(t *testing.T) {
 	_, url := warehouse(t)
-	ctx, cancel := within(10)
-	defer cancel()
 
-	_, err := getStock(ctx, params(t, map[string]any{"base_url": url, "api_token": token, "sku": "NOPE-1"}), (&recorder{}).call())
+	_, err := invoke(t, getStock, map[string]any{"base_url": url, "api_token": token, "sku": "NOPE-1"})
 
 	failure := failureOf(t, err)
 	want := "Item 'NOPE-1' does not exist at " + url + "/items/NOPE-1. Check 'sku'."
@@ -122,14 +131,12 @@ func TestGetStock_AnUnknownSKUIsUnknownItem(t *testing.T) {
 
 func TestReserveStock_SendsEveryParameterAndTheIdempotencyKey(t *testing.T) {
 	service, url := warehouse(t)
-	ctx, cancel := within(10)
-	defer cancel()
-	payload := params(t, map[string]any{
+	values := map[string]any{
 		"base_url": url, "api_token": token, "sku": "WIDGET-1", "quantity": 5, "allow_partial": false,
 		"note": "rush", "metadata": map[string]any{"order": "SO-1042"}, "spiff__task_id": "task-7",
-	})
+	}
 
-	result, err := reserveStock(ctx, payload, (&recorder{}).call())
+	result, err := invoke(t, reserveStock, values)
 
 	if err != nil {
 		t.Fatal(err)
@@ -148,10 +155,8 @@ func TestReserveStock_SendsEveryParameterAndTheIdempotencyKey(t *testing.T) {
 
 func TestReserveStock_TooFewIsInsufficientStock(t *testing.T) {
 	_, url := warehouse(t)
-	ctx, cancel := within(10)
-	defer cancel()
 
-	_, err := reserveStock(ctx, params(t, map[string]any{"base_url": url, "api_token": token, "sku": "GEAR-7", "quantity": 5}), (&recorder{}).call())
+	_, err := invoke(t, reserveStock, map[string]any{"base_url": url, "api_token": token, "sku": "GEAR-7", "quantity": 5})
 
 	failure := failureOf(t, err)
 	want := "Item 'GEAR-7' has only 3 available; 5 were asked for. Set 'allow_partial' to reserve what there is."
@@ -162,11 +167,9 @@ func TestReserveStock_TooFewIsInsufficientStock(t *testing.T) {
 
 func TestReserveStock_AllowPartialReservesWhatThereIs(t *testing.T) {
 	_, url := warehouse(t)
-	ctx, cancel := within(10)
-	defer cancel()
-	payload := params(t, map[string]any{"base_url": url, "api_token": token, "sku": "GEAR-7", "quantity": 5, "allow_partial": true})
+	values := map[string]any{"base_url": url, "api_token": token, "sku": "GEAR-7", "quantity": 5, "allow_partial": true}
 
-	result, err := reserveStock(ctx, payload, (&recorder{}).call())
+	result, err := invoke(t, reserveStock, values)
 
 	if err != nil {
 		t.Fatal(err)
@@ -178,13 +181,12 @@ func TestReserveStock_AllowPartialReservesWhatThereIs(t *testing.T) {
 }
 
 func TestParameters_EveryProblemIsListedWithoutTheToken(t *testing.T) {
-	secret := "bad token"
-	payload := params(t, map[string]any{
-		"base_url": "ftp://warehouse", "api_token": secret, "sku": "A/B", "quantity": 0, "allow_partial": "yes",
+	values := map[string]any{
+		"base_url": "ftp://warehouse", "api_token": "bad token", "sku": "A/B", "quantity": 0, "allow_partial": "yes",
 		"metadata": []int{1},
-	})
+	}
 
-	_, err := reserveStock(context.Background(), payload, (&recorder{}).call())
+	_, err := invoke(t, reserveStock, values)
 
 	failure := failureOf(t, err)
 	want := []string{
@@ -209,16 +211,19 @@ func TestParameters_MissingAndMistyped(t *testing.T) {
 		values map[string]any
 		want   string
 	}{
-		{"nothing", map[string]any{}, "Parameter 'base_url' is required. Parameter 'sku' is required. Parameter 'quantity' is required."},
+		{"nothing", map[string]any{},
+			"Parameter 'base_url' is required. Parameter 'sku' is required. Parameter 'quantity' is required."},
 		{"null is absent", map[string]any{"base_url": nil, "sku": "X", "quantity": 1}, "Parameter 'base_url' is required."},
-		{"a fraction", map[string]any{"base_url": "http://h", "sku": "X", "quantity": 2.5}, "Parameter 'quantity' must be an integer, got 2.5."},
+		{"a fraction", map[string]any{"base_url": "http://h", "sku": "X", "quantity": 2.5},
+			"Parameter 'quantity' must be an integer, got 2.5."},
 		{"a user in the URL", map[string]any{"base_url": "https://ann:pw@h", "sku": "X", "quantity": 1},
 			"Parameter 'base_url' must not hold a user name or password; use 'api_token'."},
-		{"a number as sku", map[string]any{"base_url": "http://h", "sku": 7, "quantity": 1}, "Parameter 'sku' must be a string, got 7."},
+		{"a number as sku", map[string]any{"base_url": "http://h", "sku": 7, "quantity": 1},
+			"Parameter 'sku' must be a string, got 7."},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err := reserveStock(context.Background(), params(t, c.values), (&recorder{}).call())
+			_, err := invoke(t, reserveStock, c.values)
 
 			if failure := failureOf(t, err); failure.Message != c.want {
 				t.Errorf("got %q, want %q", failure.Message, c.want)
@@ -229,10 +234,10 @@ func TestParameters_MissingAndMistyped(t *testing.T) {
 
 func TestParameters_AnIntegerWithAZeroFractionIsTaken(t *testing.T) {
 	_, url := warehouse(t)
-	ctx, cancel := within(10)
-	defer cancel()
 
-	result, err := reserveStock(ctx, params(t, map[string]any{"base_url": url, "api_token": token, "sku": "BOLT-M4", "quantity": 4.0}), (&recorder{}).call())
+	values := map[string]any{"base_url": url, "api_token": token, "sku": "BOLT-M4", "quantity": 4.0}
+
+	result, err := invoke(t, reserveStock, values)
 
 	if err != nil || asJSON(t, result.Body).(map[string]any)["quantity"] != 4.0 {
 		t.Errorf("got %v %v", result, err)
@@ -262,7 +267,7 @@ func TestUpstreamStatus_IsTheErrorCodeItMeans(t *testing.T) {
 				_, _ = w.Write([]byte(`{"error": "Said the service."}`))
 			})
 
-			_, err := getStock(context.Background(), params(t, map[string]any{"base_url": url, "sku": "X"}), (&recorder{}).call())
+			_, err := invoke(t, getStock, map[string]any{"base_url": url, "sku": "X"})
 
 			failure := failureOf(t, err)
 			if failure.Code != c.code || failure.Status != c.inner || !strings.Contains(failure.Message, ": Said the service") {
@@ -276,10 +281,11 @@ func TestUpstream_UnreachableIsInventoryUnavailable(t *testing.T) {
 	closed := httptest.NewServer(http.NotFoundHandler())
 	closed.Close()
 
-	_, err := getStock(context.Background(), params(t, map[string]any{"base_url": closed.URL, "sku": "X"}), (&recorder{}).call())
+	_, err := invoke(t, getStock, map[string]any{"base_url": closed.URL, "sku": "X"})
 
 	failure := failureOf(t, err)
-	if failure.Code != "InventoryUnavailable" || failure.Status != 503 || !strings.HasPrefix(failure.Message, closed.URL+"/items/X could not be reached (") {
+	want := closed.URL + "/items/X could not be reached ("
+	if failure.Code != "InventoryUnavailable" || failure.Status != 503 || !strings.HasPrefix(failure.Message, want) {
 		t.Errorf("got %+v", failure)
 	}
 }
@@ -292,12 +298,12 @@ func TestUpstream_GivesUpBeforeTheDeadline(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 600*time.Millisecond)
 	defer cancel()
-	log := &recorder{}
 
-	_, err := getStock(ctx, params(t, map[string]any{"base_url": url, "sku": "X"}), log.call())
+	_, lines, err := invokeLogged(t, ctx, getStock, map[string]any{"base_url": url, "sku": "X"})
 
 	failure := failureOf(t, err)
-	if failure.Code != "InventoryTimeout" || failure.Status != 504 || !strings.HasPrefix(failure.Message, url+"/items/X did not answer in time (gave up after ") {
+	want := url + "/items/X did not answer in time (gave up after "
+	if failure.Code != "InventoryTimeout" || failure.Status != 504 || !strings.HasPrefix(failure.Message, want) {
 		t.Errorf("got %+v", failure)
 	}
 	if ctx.Err() != nil {
@@ -308,33 +314,33 @@ func TestUpstream_GivesUpBeforeTheDeadline(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Error("the upstream never saw the connector hang up")
 	}
-	if len(log.lines) != 1 || !strings.Contains(log.lines[0], " failed: gave up after ") {
-		t.Errorf("log lines: %q", log.lines)
+	if len(lines) != 1 || !strings.Contains(lines[0], " failed: gave up after ") {
+		t.Errorf("log lines: %q", lines)
 	}
 }
 
 func TestUpstream_NoCredentialInLogsOrMessages(t *testing.T) {
 	url := upstream(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) })
-	log := &recorder{}
+	values := map[string]any{"base_url": url + "/api?key=q5ecret", "api_token": token, "sku": "X"}
 
-	_, err := getStock(context.Background(), params(t, map[string]any{"base_url": url + "/api?key=q5ecret", "api_token": token, "sku": "X"}), log.call())
+	_, lines, err := invokeLogged(t, context.Background(), getStock, values)
 
 	failure := failureOf(t, err)
-	everything := strings.Join(log.lines, "\n") + failure.Message
+	everything := strings.Join(lines, "\n") + failure.Message
 	for _, secret := range []string{token, "q5ecret"} {
 		if strings.Contains(everything, secret) {
 			t.Errorf("%q leaked: %s", secret, everything)
 		}
 	}
-	if !regexp.MustCompile(`^GET ` + url + `/api/items/X -> 500 in \d+ ms$`).MatchString(log.lines[0]) {
-		t.Errorf("log line: %q", log.lines[0])
+	if !regexp.MustCompile(`^GET ` + url + `/api/items/X -> 500 in \d+ ms$`).MatchString(lines[0]) {
+		t.Errorf("log line: %q", lines[0])
 	}
 }
 
 func TestUpstream_TextIsPassedOnAsRawResponse(t *testing.T) {
 	url := upstream(t, func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("plain words")) })
 
-	result, err := getStock(context.Background(), params(t, map[string]any{"base_url": url, "sku": "X"}), (&recorder{}).call())
+	result, err := invoke(t, getStock, map[string]any{"base_url": url, "sku": "X"})
 
 	if err != nil || !reflect.DeepEqual(result.Body, map[string]any{"raw_response": "plain words"}) {
 		t.Errorf("got %v %v", result, err)
@@ -347,7 +353,7 @@ func TestUpstream_LargeNumbersAreKeptAsWritten(t *testing.T) {
 		_, _ = w.Write([]byte(`{"id": 1152921504606846977}`))
 	})
 
-	result, err := getStock(context.Background(), params(t, map[string]any{"base_url": url, "sku": "X"}), (&recorder{}).call())
+	result, err := invoke(t, getStock, map[string]any{"base_url": url, "sku": "X"})
 
 	if err != nil {
 		t.Fatal(err)

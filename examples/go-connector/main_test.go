@@ -35,7 +35,8 @@ func TestSpawn_PrintsTheEnvelopeAndLogsToStderr(t *testing.T) {
 		t.Fatalf("stdout is not one JSON line: %q", stdout)
 	}
 	response := envelope["command_response"].(map[string]any)
-	if status != 0 || envelope["command_response_version"] != 2.0 || envelope["error"] != nil || response["http_status"] != 201.0 {
+	if status != 0 || envelope["command_response_version"] != 2.0 || envelope["error"] != nil ||
+		response["http_status"] != 201.0 {
 		t.Errorf("exit %d, envelope %v", status, envelope)
 	}
 	if !strings.HasPrefix(stderr, "POST "+url+"/reservations -> 201 in ") || strings.Contains(stderr, token) {
@@ -49,7 +50,9 @@ func TestSpawn_PrintsTheEnvelopeAndLogsToStderr(t *testing.T) {
 func TestSpawn_AFailureOfItsOwnIsAnEnvelopeAndExitZero(t *testing.T) {
 	_, url := warehouse(t)
 
-	status, stdout, _ := spawned(spawnEnv("inventory/GetStock"), fmt.Sprintf(`{"base_url": %q, "api_token": %q, "sku": "NOPE-1"}`, url, token))
+	stdin := fmt.Sprintf(`{"base_url": %q, "api_token": %q, "sku": "NOPE-1"}`, url, token)
+
+	status, stdout, _ := spawned(spawnEnv("inventory/GetStock"), stdin)
 
 	var envelope struct {
 		Error    EnvelopeError   `json:"error"`
@@ -75,7 +78,8 @@ func TestSpawn_WhatTheGatewayAnswersAsConnectorFailed(t *testing.T) {
 			"Unknown command 'inventory/Restock'; this connector offers GetStock, ReserveStock."},
 		{"stdin that is not an object", spawnEnv("inventory/GetStock"), "[]", 65,
 			"Stdin: the request must be one JSON object of parameters (2 bytes were not)."},
-		{"a deadline that is not a time", map[string]string{"CONNECTOR_COMMAND": "inventory/GetStock", "CONNECTOR_DEADLINE": "soon"}, "{}", 64,
+		{"a deadline that is not a time",
+			map[string]string{"CONNECTOR_COMMAND": "inventory/GetStock", "CONNECTOR_DEADLINE": "soon"}, "{}", 64,
 			`CONNECTOR_DEADLINE must be Unix time in seconds, got "soon".`},
 	}
 	for _, c := range cases {

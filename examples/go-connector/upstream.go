@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -157,7 +158,7 @@ func parseBody(data []byte, contentType string) any {
 	if len(data) == 0 {
 		return nil
 	}
-	if bytes.Contains([]byte(contentType), []byte("json")) {
+	if strings.Contains(contentType, "json") {
 		decoder := json.NewDecoder(bytes.NewReader(data))
 		// Numbers are kept as written: an id of 2^60 must not come back rounded.
 		decoder.UseNumber()

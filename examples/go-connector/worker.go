@@ -137,22 +137,22 @@ func (w *worker) serve(ctx context.Context, id string, message requestLine) {
 
 	var logs []string
 	call := Call{RequestID: id, Log: w.logger(id, &logs)}
-	answer := answerLine{ID: id}
+	reply := answerLine{ID: id}
 	envelope, err := w.handleSafely(ctx, message, call)
 	if err != nil {
 		failed := err.Error()
-		answer.Failed = &failed
+		reply.Failed = &failed
 	} else {
-		answer.Result = &envelope
+		reply.Result = &envelope
 	}
-	answer.Logs = logs
+	reply.Logs = logs
 
 	if ctx.Err() != nil {
 		// Cancelled or past its deadline: the gateway has answered it already, or its caller is gone.
 		w.stderr.line(fmt.Sprintf("[%s] Stopped: cancelled, or past its deadline.", id))
 		return
 	}
-	if err := writeJSONLine(w.stdout, answer); err != nil {
+	if err := writeJSONLine(w.stdout, reply); err != nil {
 		w.stderr.line(fmt.Sprintf("[%s] Could not write the answer to stdout: %v", id, err))
 	}
 }

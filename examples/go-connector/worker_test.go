@@ -30,7 +30,9 @@ func startWorker(t *testing.T, concurrency int, handle Handler) *runningWorker {
 	t.Helper()
 	stdinReader, stdin := io.Pipe()
 	stdoutReader, stdout := io.Pipe()
-	w := &runningWorker{t: t, stdin: stdin, answers: make(chan map[string]any, 16), stderr: &syncBuffer{}, done: make(chan struct{})}
+	w := &runningWorker{
+		t: t, stdin: stdin, answers: make(chan map[string]any, 16), stderr: &syncBuffer{}, done: make(chan struct{}),
+	}
 	go func() {
 		serveWorker(stdinReader, stdout, w.stderr, concurrency, handle)
 		stdout.Close()
@@ -97,7 +99,8 @@ func (w *runningWorker) finish() []map[string]any {
 }
 
 func request(id, command string, payload map[string]any) map[string]any {
-	return map[string]any{"id": id, "command": command, "deadline": float64(time.Now().Add(wait).UnixMilli()) / 1000, "timeout": 10, "payload": payload}
+	deadline := float64(time.Now().Add(wait).UnixMilli()) / 1000
+	return map[string]any{"id": id, "command": command, "deadline": deadline, "timeout": 10, "payload": payload}
 }
 
 type syncBuffer struct {
@@ -127,7 +130,8 @@ func TestWorker_AnswersEachRequestByItsIDWithItsLogs(t *testing.T) {
 	second := w.next()
 
 	result := first["result"].(map[string]any)
-	if first["id"] != "a" || result["error"] != nil || result["command_response"].(map[string]any)["http_status"] != 200.0 {
+	status := result["command_response"].(map[string]any)["http_status"]
+	if first["id"] != "a" || result["error"] != nil || status != 200.0 {
 		t.Errorf("first answer: %v", first)
 	}
 	logs := first["logs"].([]any)
@@ -278,7 +282,8 @@ func TestWorker_IgnoresLinesThatAreNotRequestsWithoutQuotingThem(t *testing.T) {
 	w.next()
 
 	stderr := w.stderr.String()
-	want := "Ignored a stdin line of 14 bytes that is not a request.\nIgnored a stdin line of 4 bytes that is not a request.\n"
+	want := "Ignored a stdin line of 14 bytes that is not a request.\n" +
+		"Ignored a stdin line of 4 bytes that is not a request.\n"
 	if stderr != want {
 		t.Errorf("stderr: %q", stderr)
 	}
@@ -314,7 +319,8 @@ func TestWorker_RunStartsItForConnectorModeWorker(t *testing.T) {
 
 	status := run(func(name string) string { return env[name] }, stdin, &stdout, &stderr)
 
-	want := `{"id":"a","failed":"Unknown command 'inventory/Restock'; this connector offers GetStock, ReserveStock."}` + "\n"
+	want := `{"id":"a","failed":"Unknown command 'inventory/Restock'; ` +
+		`this connector offers GetStock, ReserveStock."}` + "\n"
 	if status != 0 || stdout.String() != want {
 		t.Errorf("exit %d, stdout %q", status, stdout.String())
 	}
