@@ -25,8 +25,17 @@ const maxBody = 8 << 20
 
 // client is shared by all requests of a process: a worker reuses its connections.
 var client = &http.Client{
+	Transport: keepingConnections(),
 	// A redirect would carry the credentials to wherever it points; it is reported instead.
 	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+// keepingConnections is the default transport (proxies from the environment included)
+// keeping enough idle connections for a worker's concurrent requests to one service.
+func keepingConnections() *http.Transport {
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = 32
+	return transport
 }
 
 // UpstreamRequest is one call to the upstream; Headers are sent as they are and never logged.
