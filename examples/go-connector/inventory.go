@@ -37,16 +37,15 @@ func getStock(ctx context.Context, params Params, call Call) (Result, error) {
 	if err := rejectIfAny(&r); err != nil {
 		return Result{}, err
 	}
-	target := endpoint(base, "/items/"+sku)
 
+	target := endpoint(base, "/items/"+sku)
 	response, err := send(ctx, call, UpstreamRequest{Method: "GET", URL: target, Headers: tracing(call, headers)})
 	if err != nil {
 		return Result{}, err
 	}
 
 	if response.Status == 404 {
-		message := fmt.Sprintf("Item '%s' does not exist at %s. Check 'sku'.", sku, printable(target))
-		return Result{}, &Failure{Code: "UnknownItem", Message: message, Status: 404, Body: response.Body}
+		return Result{}, unknownItem(sku, base, response.Body)
 	}
 	return resultOf(response, fmt.Sprintf("item '%s'", sku), target)
 }
@@ -55,18 +54,7 @@ func reserveStock(ctx context.Context, params Params, call Call) (Result, error)
 	r := paramReader{params: params}
 	base := baseURL(&r)
 	headers := authorization(&r)
-	sku := readSKU(&r)
-	quantity, ok := r.integer("quantity", true)
-	if ok && (quantity < 1 || quantity > maxQuantity) {
-		r.problem("Parameter 'quantity' must be from 1 to %d, got %d.", maxQuantity, quantity)
-	}
-	reservation := map[string]any{"sku": sku, "quantity": quantity, "allow_partial": r.boolean("allow_partial", false)}
-	if note := r.str("note", false); note != "" {
-		reservation["note"] = note
-	}
-	if metadata := r.object("metadata"); metadata != nil {
-		reservation["metadata"] = metadata
-	}
+	reservation, sku, quantity := reservationFrom(&r)
 	// Arena retries a task after a 5xx; with the task's id as the key, the service
 	// answers the reservation it already made instead of holding the stock twice.
 	if taskID := r.str("spiff__task_id", false); taskID != "" {
@@ -75,6 +63,7 @@ func reserveStock(ctx context.Context, params Params, call Call) (Result, error)
 	if err := rejectIfAny(&r); err != nil {
 		return Result{}, err
 	}
+
 	target := endpoint(base, "/reservations")
 	request := UpstreamRequest{Method: "POST", URL: target, Headers: tracing(call, headers), JSON: reservation}
 	response, err := send(ctx, call, request)
@@ -84,14 +73,35 @@ func reserveStock(ctx context.Context, params Params, call Call) (Result, error)
 
 	switch response.Status {
 	case 404:
-		message := fmt.Sprintf("Item '%s' does not exist at %s. Check 'sku'.", sku, printable(target))
-		return Result{}, &Failure{Code: "UnknownItem", Message: message, Status: 404, Body: response.Body}
+		return Result{}, unknownItem(sku, base, response.Body)
 	case 409:
 		message := fmt.Sprintf("Item '%s' has %s available; %d were asked for. "+
 			"Set 'allow_partial' to reserve what there is.", sku, available(response.Body), quantity)
 		return Result{}, &Failure{Code: "InsufficientStock", Message: message, Status: 409, Body: response.Body}
 	}
 	return resultOf(response, fmt.Sprintf("the reservation of %d of item '%s'", quantity, sku), target)
+}
+
+// reservationFrom is the reservation to send, and its sku and quantity for messages.
+func reservationFrom(r *paramReader) (reservation map[string]any, sku string, quantity int64) {
+	sku = readSKU(r)
+	quantity, ok := r.integer("quantity", true)
+	if ok && (quantity < 1 || quantity > maxQuantity) {
+		r.problem("Parameter 'quantity' must be from 1 to %d, got %d.", maxQuantity, quantity)
+	}
+	reservation = map[string]any{"sku": sku, "quantity": quantity, "allow_partial": r.boolean("allow_partial", false)}
+	if note := r.str("note", false); note != "" {
+		reservation["note"] = note
+	}
+	if metadata := r.object("metadata"); metadata != nil {
+		reservation["metadata"] = metadata
+	}
+	return reservation, sku, quantity
+}
+
+func unknownItem(sku string, base *url.URL, body any) *Failure {
+	message := fmt.Sprintf("Item '%s' does not exist in the inventory at %s. Check 'sku'.", sku, printable(base))
+	return &Failure{Code: "UnknownItem", Message: message, Status: 404, Body: body}
 }
 
 func readSKU(r *paramReader) string {

@@ -123,7 +123,7 @@ func TestGetStock_AnUnknownSKUIsUnknownItem(t *testing.T) {
 	_, err := invoke(t, getStock, map[string]any{"base_url": url, "api_token": token, "sku": "NOPE-1"})
 
 	failure := failureOf(t, err)
-	want := "Item 'NOPE-1' does not exist at " + url + "/items/NOPE-1. Check 'sku'."
+	want := "Item 'NOPE-1' does not exist in the inventory at " + url + ". Check 'sku'."
 	if failure.Code != "UnknownItem" || failure.Status != 404 || failure.Message != want {
 		t.Errorf("got %+v", failure)
 	}
