@@ -1,0 +1,3 @@
+module connector-gateway/examples/go-connector
+
+go 1.19
