@@ -71,13 +71,15 @@ def call(settings: Settings, command_id: str, body: bytes, environ: Mapping[str,
 
 
 async def _call_in_lifespan(app: Gateway, command_id: str, body: bytes) -> tuple[int, bytes]:
-    try:
-        async with app.router.lifespan_context(app):
+    async with app.router.lifespan_context(app):
+        try:
             return await _post(app, command_id, body)
-    finally:
-        # The lifespan's own shutdown is skipped when the request is interrupted (Ctrl-C): no child may outlive us.
-        await app.state.pools.shutdown(app.state.settings.limits.kill_grace)
-        app.state.runner.kill_all()
+        except BaseException:
+            # Interrupted (Ctrl-C): the lifespan's shutdown is skipped on the way out, so the children are
+            # stopped here, while the loop still watches them exit. None may outlive this process.
+            await app.state.pools.shutdown(app.state.settings.limits.kill_grace)
+            app.state.runner.kill_all()
+            raise
 
 
 async def _post(app: Gateway, command_id: str, body: bytes) -> tuple[int, bytes]:
