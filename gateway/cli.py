@@ -58,6 +58,25 @@ environment variables (flags win over them):
                               when set, /v1 routes answer 401 without it"""
 
 
+_NEW_DESCRIPTION = """\
+Write a connector to start from into a directory of its own: a manifest, a program
+in the chosen language and mode serving one command (NAME/Hello), a test in that
+language and a README. It passes validate and runs under call as it is. Existing
+files are never overwritten."""
+
+_CALL_DESCRIPTION = """\
+Run one command exactly as serve would for Arena: the same parameter checks,
+environment, limits and envelope, in spawn or worker mode as its manifest says. The
+answer (the version 2 envelope, or the protocol's error when the request is refused)
+is printed as JSON on stdout; the connector's log lines (spiff__logs) and a line
+saying why a call failed go to stderr."""
+
+_LIST_DESCRIPTION = """\
+List every command the manifest directories serve, with its mode, time limit,
+manifest and parameters (type, required or default, description), then every
+manifest that could not be loaded with each of its problems. Exits with status 1
+when a manifest failed, as validate does."""
+
 _NEW_EPILOG = """\
 example:
   $ connector-gateway new greeter --language node --mode worker
@@ -174,11 +193,7 @@ def _add_new(subcommands: Any) -> None:
     new = subcommands.add_parser(
         "new",
         help="scaffold a working connector: manifest, program, test and README",
-        description=(
-            "Write a connector to start from into a directory of its own: a manifest, a program in the chosen "
-            "language and mode serving one command (NAME/Hello), a test in that language and a README. It passes "
-            "validate and runs under call as it is. Existing files are never overwritten."
-        ),
+        description=_NEW_DESCRIPTION,
         epilog=_NEW_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -202,12 +217,7 @@ def _add_call(subcommands: Any) -> None:
     call = subcommands.add_parser(
         "call",
         help="run one command as the gateway would and print its answer",
-        description=(
-            "Run one command exactly as serve would for Arena: the same parameter checks, environment, limits and "
-            "envelope, in spawn or worker mode as its manifest says. The answer (the version 2 envelope, or the "
-            "protocol's error when the request is refused) is printed as JSON on stdout; the connector's log "
-            "lines (spiff__logs) and a line saying why a call failed go to stderr."
-        ),
+        description=_CALL_DESCRIPTION,
         epilog=_CALL_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -234,11 +244,7 @@ def _add_list(subcommands: Any) -> None:
     listing = subcommands.add_parser(
         "list",
         help="list the commands with their parameters, and the manifests that failed; exit status 1 if any did",
-        description=(
-            "List every command the manifest directories serve, with its mode, time limit, manifest and "
-            "parameters (type, required or default, description), then every manifest that could not be loaded "
-            "with each of its problems. Exits with status 1 when a manifest failed, as validate does."
-        ),
+        description=_LIST_DESCRIPTION,
     )
     _add_manifest_options(listing, "also list")
     listing.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
