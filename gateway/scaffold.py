@@ -175,15 +175,19 @@ def write(scaffold: Scaffold) -> list[Path]:
     if scaffold.directory.exists() and not scaffold.directory.is_dir():
         raise ScaffoldError(f"'{scaffold.directory}' exists and is not a directory: choose another --dir.")
 
-    scaffold.directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, content in scaffold.files.items():
-        path = scaffold.directory / name
-        with path.open("x", encoding="utf-8") as file:  # "x": fails rather than replace a file made meanwhile
-            file.write(content)
-        if name in _EXECUTABLES:
-            path.chmod(0o755)
-        written.append(path)
+    path = scaffold.directory
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        for name, content in scaffold.files.items():
+            path = scaffold.directory / name
+            with path.open("x", encoding="utf-8") as file:  # "x": fails rather than replace a file made meanwhile
+                file.write(content)
+            if name in _EXECUTABLES:
+                path.chmod(0o755)
+            written.append(path)
+    except OSError as exc:
+        raise ScaffoldError(f"Cannot write '{path}': {exc.strerror or exc}. Choose another --dir.") from exc
     return written
 
 

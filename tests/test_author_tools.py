@@ -439,3 +439,12 @@ def test_each_author_tool_has_help(subcommand: str, capsys: pytest.CaptureFixtur
     mentioned = {"new": ["--language", "--mode", "--dir"], "call": ["exit status", "--manifests"], "list": ["--json"]}
     for text in mentioned[subcommand]:
         assert text in out
+
+
+def test_call_sends_the_api_key_the_gateway_asks_for(
+    greeter: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONNECTOR_PROXY_API_KEY", "s3cr3t")
+
+    assert main(["call", "greeter/Hello", '{"name": "Ada"}', "--manifests", str(greeter)]) == 0
+    assert json.loads(capsys.readouterr().out)["command_response"]["body"] == {"message": "Hello, Ada!"}
