@@ -1,8 +1,11 @@
-"""The `connector-gateway` command: serve the manifests, or check them without serving."""
+"""The `connector-gateway` command: serve the manifests, check or list them, scaffold a connector, call a command.
+
+Each subcommand's work is in a module of its own; this one reads the arguments and settings."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -18,6 +21,7 @@ if TYPE_CHECKING:
 from gateway import __version__
 from gateway.logs import configure_logging
 from gateway.registry import load_registry, manifest_files
+from gateway.scaffold import LANGUAGES, MODES
 from gateway.settings import (
     API_KEY_VARIABLE,
     ENV_PREFIX,
@@ -54,6 +58,50 @@ environment variables (flags win over them):
                               when set, /v1 routes answer 401 without it"""
 
 
+_NEW_DESCRIPTION = """\
+Write a connector to start from into a directory of its own: a manifest, a program
+in the chosen language and mode serving one command (NAME/Hello), a test in that
+language and a README. It passes validate and runs under call as it is. Existing
+files are never overwritten."""
+
+_CALL_DESCRIPTION = """\
+Run one command exactly as serve would for Arena: the same parameter checks,
+environment, limits and envelope, in spawn or worker mode as its manifest says. The
+answer (the version 2 envelope, or the protocol's error when the request is refused)
+is printed as JSON on stdout; the connector's log lines (spiff__logs) and a line
+saying why a call failed go to stderr."""
+
+_LIST_DESCRIPTION = """\
+List every command the manifest directories serve, with its mode, time limit,
+manifest and parameters (type, required or default, description), then every
+manifest that could not be loaded with each of its problems. Exits with status 1
+when a manifest failed, as validate does."""
+
+_NEW_EPILOG = """\
+example:
+  $ connector-gateway new greeter --language node --mode worker
+  $ connector-gateway validate greeter
+  $ connector-gateway call greeter/Hello '{"name": "Ada"}' --manifests greeter
+  $ (cd greeter && node --test)
+
+A Go scaffold is built with `go build` (standard library only) when Go is on PATH;
+otherwise build it yourself: cd DIR && go build -o connector .
+A shell scaffold needs jq."""
+
+_CALL_EPILOG = f"""\
+exit status: 0 on success; 1 when the request was refused (command_not_found,
+missing_parameter, ...) or the answer has an error or an inner http_status of 300
+or more, as Arena would fail the task; 2 for a usage error.
+
+examples:
+  $ connector-gateway call greeter/Hello '{{"name": "Ada"}}' --manifests greeter
+  $ echo '{{"name": "Ada"}}' | connector-gateway call greeter/Hello --manifests greeter
+
+Settings come from the environment as for serve ({ENV_PREFIX}TIMEOUT,
+{ENV_PREFIX}MAX_STDOUT_BYTES, ...); so do the variables the manifests' env and
+inherit_env read."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -78,18 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 7004, Arena's default)")
-    serve.add_argument(
-        "--manifests",
-        metavar="DIR",
-        type=Path,
-        action="append",
-        help="a manifest directory; repeat for several (default: the bundled manifests)",
-    )
-    serve.add_argument(
-        "--with-bundled",
-        action="store_true",
-        help="serve the bundled manifests after the --manifests directories",
-    )
+    _add_manifest_options(serve, "serve")
     serve.add_argument(
         "--workers",
         type=int,
@@ -122,18 +159,104 @@ def _parser() -> argparse.ArgumentParser:
         help=f"manifest directories (default: {ENV_PREFIX}MANIFESTS, else the bundled manifests)",
     )
     validate.set_defaults(handler=_validate)
+
+    _add_new(subcommands)
+    _add_call(subcommands)
+    _add_list(subcommands)
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _add_manifest_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument(
+        "--manifests",
+        metavar="DIR",
+        type=Path,
+        action="append",
+        help=f"a manifest directory; repeat for several (default: {ENV_PREFIX}MANIFESTS, else the bundled manifests)",
+    )
+    parser.add_argument(
+        "--with-bundled",
+        action="store_true",
+        help=f"{verb} the bundled manifests after the --manifests directories",
+    )
+
+
+def _manifest_dirs(args: argparse.Namespace) -> tuple[Path, ...] | None:
+    """The --manifests directories, the bundled ones after them with --with-bundled; None if neither was given."""
     manifest_dirs = tuple(args.manifests or ())
     if args.with_bundled:
         manifest_dirs += (bundled_manifests(),)
+    return manifest_dirs or None
+
+
+def _add_new(subcommands: Any) -> None:
+    new = subcommands.add_parser(
+        "new",
+        help="scaffold a working connector: manifest, program, test and README",
+        description=_NEW_DESCRIPTION,
+        epilog=_NEW_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    new.add_argument(
+        "name",
+        metavar="NAME",
+        help="the connector's name, the part of each command id before the slash: letters, digits, '_', '.', '-'",
+    )
+    new.add_argument("--language", choices=LANGUAGES, default="python", help="the program's language (default python)")
+    new.add_argument(
+        "--mode",
+        choices=MODES,
+        default="spawn",
+        help="spawn: a process per request (default); worker: long-lived processes sent one request per line",
+    )
+    new.add_argument("--dir", type=Path, metavar="PATH", help="the directory to write into (default ./NAME)")
+    new.set_defaults(handler=_new)
+
+
+def _add_call(subcommands: Any) -> None:
+    call = subcommands.add_parser(
+        "call",
+        help="run one command as the gateway would and print its answer",
+        description=_CALL_DESCRIPTION,
+        epilog=_CALL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    call.add_argument("command", metavar="CONNECTOR/COMMAND", help="the command id, as listed by list")
+    call.add_argument(
+        "parameters",
+        metavar="PARAMETERS",
+        nargs="?",
+        help="the parameters, a JSON object; '-' reads them from stdin, as does leaving them out when stdin is "
+        "not a terminal; otherwise {}",
+    )
+    _add_manifest_options(call, "also load")
+    call.add_argument("--timeout", type=float, help="time limit in seconds for commands whose manifest sets none")
+    call.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="warning",
+        help="the gateway's own log on stderr (default warning; info shows each stderr line as it comes)",
+    )
+    call.set_defaults(handler=_call)
+
+
+def _add_list(subcommands: Any) -> None:
+    listing = subcommands.add_parser(
+        "list",
+        help="list the commands with their parameters, and the manifests that failed; exit status 1 if any did",
+        description=_LIST_DESCRIPTION,
+    )
+    _add_manifest_options(listing, "also list")
+    listing.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
+    listing.set_defaults(handler=_list)
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env(
             host=args.host,
             port=args.port,
-            manifest_dirs=manifest_dirs or None,
+            manifest_dirs=_manifest_dirs(args),
             default_timeout=args.timeout,
             log_level=args.log_level,
             log_format=args.log_format,
@@ -220,6 +343,53 @@ def _validate(args: argparse.Namespace) -> int:
     print(
         f"{_count(total, 'manifest')}, {_count(len(registry.commands), 'command')}, {len(registry.failures)} invalid."
     )
+    return 1 if registry.failures else 0
+
+
+def _new(args: argparse.Namespace) -> int:
+    from gateway.scaffold import create
+
+    return create(args.name, args.language, args.mode, args.dir, sys.stdout, sys.stderr)
+
+
+def _call(args: argparse.Namespace) -> int:
+    from gateway import call
+
+    try:
+        settings = Settings.from_env(
+            manifest_dirs=_manifest_dirs(args), default_timeout=args.timeout, log_level=args.log_level, reload=False
+        )
+        stdin = sys.stdin.buffer if sys.stdin is not None else None
+        body = call.read_parameters(
+            args.parameters, stdin, sys.stdin is not None and sys.stdin.isatty(), settings.max_body_bytes
+        )
+        manifest_files(settings.manifest_dirs)  # a missing directory is a usage error, before anything runs
+    except (SettingsError, NotADirectoryError) as exc:
+        print(f"connector-gateway: {exc}", file=sys.stderr)
+        return 2
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return call.run(settings, args.command, body, os.environ, sys.stdout, sys.stderr)
+    except KeyboardInterrupt:
+        print("connector-gateway: interrupted; the command's processes were stopped.", file=sys.stderr)
+        return 130
+
+
+def _list(args: argparse.Namespace) -> int:
+    from gateway.listing import as_json, as_text
+
+    try:
+        settings = Settings.from_env(manifest_dirs=_manifest_dirs(args))
+        registry = load_registry(settings.manifest_dirs, settings.default_timeout)
+    except (SettingsError, NotADirectoryError) as exc:
+        print(f"connector-gateway: {exc}", file=sys.stderr)
+        return 2
+
+    if args.json:
+        print(json.dumps(as_json(registry), indent=2, ensure_ascii=False))
+    else:
+        print(as_text(registry), end="")
     return 1 if registry.failures else 0
 
 

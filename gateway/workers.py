@@ -88,7 +88,7 @@ class Worker:
         self.pid = 0
         self._stdin: asyncio.WriteTransport | None = None
         self._outbox: list[bytes] = []
-        self._reaper: asyncio.Future[None] | None = None
+        self.reaper: asyncio.Future[None] | None = None  # reads the last answers once the process is gone
 
     @property
     def name(self) -> str:
@@ -176,7 +176,8 @@ class Worker:
         """The process is gone; its last answers may still be in the pipe, so they are read first."""
         if not self.exited.done():
             self.exited.set_result(None)
-        self._reaper = asyncio.ensure_future(self._after_exit())
+        self.pool.stopping.discard(self)
+        self.reaper = asyncio.ensure_future(self._after_exit())
 
     async def _after_exit(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -208,6 +209,7 @@ class Worker:
             return
         signal_group(self.pid, signal.SIGTERM)
         asyncio.get_running_loop().call_later(self.pool.limits.kill_grace, signal_group, self.pid, signal.SIGKILL)
+        self.pool.stopping.add(self)  # until it exits: a shutdown before then must not leave it behind
 
     def kill_if_running(self) -> None:
         if self.pid and not self.exited.done():
@@ -273,6 +275,7 @@ class Pool:
         self.environ = environ
         self.label = f"connector '{command.connector}'"
         self.workers: list[Worker] = []
+        self.stopping: set[Worker] = set()  # stopped, and not yet exited
         # Requests beyond what the workers can hold wait here, within their time limit.
         self.room = Slots(self.settings.size * self.settings.concurrency, queue=sys.maxsize)
         # Requests given up on, whose late answers are dropped; the oldest are forgotten past a bound.
@@ -410,16 +413,25 @@ class Pool:
         return self.room.running == 0 and self.room.waiting == 0
 
     async def shutdown(self, grace: float) -> None:
-        """Close every worker's input, let them finish for `grace` seconds, then kill what is left."""
-        workers = list(self.workers)
+        """Close every worker's input, let them finish for `grace` seconds, then kill what is left.
+
+        Workers being stopped already (after a timeout) count too. Killed workers are waited for, and their
+        pipes read to the end, so that nothing of them is left once the event loop closes.
+        """
+        workers = [*self.workers, *self.stopping]
         for worker in workers:
             worker.close_input()
         exits = [worker.exited for worker in workers if worker.pid]
-        if exits:
-            await asyncio.wait(exits, timeout=grace)
+        if not exits:
+            return
+        await asyncio.wait(exits, timeout=grace)
         for worker in workers:
             if not worker.exited.done():
                 signal_group(worker.pid, signal.SIGKILL)
+        await asyncio.wait(exits, timeout=self.limits.kill_grace)
+        reapers = [worker.reaper for worker in workers if worker.reaper is not None]
+        if reapers:
+            await asyncio.wait(reapers, timeout=self.limits.drain_timeout + self.limits.kill_grace)
 
 
 class _Expired(Exception):

@@ -108,3 +108,27 @@ def test_installed_package_serves_the_bundled_http_connector(installed: Path, up
     assert {"http/GetRequestV2", "http/PostRequestV2", "http/DeleteRequestV2"} <= set(ids)
     assert answer["command_response"]["http_status"] == 200
     assert answer["command_response"]["body"] == {"path": "/ping"}
+
+
+def test_installed_package_carries_every_template_and_scaffolds_a_connector_that_runs(
+    installed: Path, tmp_path: Path
+) -> None:
+    templates = REPOSITORY / "gateway" / "templates"
+    shipped = installed / "gateway" / "templates"
+    assert sorted(path.relative_to(shipped) for path in shipped.rglob("*.tmpl")) == sorted(
+        path.relative_to(templates) for path in templates.rglob("*.tmpl")
+    )
+
+    directory = tmp_path / "greeter"
+    outputs = []
+    for args in (
+        ("new", "greeter", "--mode", "worker", "--dir", str(directory)),
+        ("validate", str(directory)),
+        ("call", "greeter/Hello", '{"name": "Ada"}', "--manifests", str(directory)),
+    ):
+        process = run_installed(installed, *args)
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output
+        outputs.append(output)
+
+    assert '"message": "Hello, Ada!"' in outputs[-1]
