@@ -61,6 +61,7 @@ class Row:
     reference: str | None = None
     compare: str = "rps"  # rps: requests/s over the reference's; p99: p99 over the reference's
     worker: bool = False
+    parallel: int = FLOOR_PARALLEL  # floors only: spawns at a time
 
 
 # Each row runs next to the row it is compared with, so that both see the same machine.
@@ -74,6 +75,7 @@ ROWS = (
     Row("ceiling-echo-joined", "starlette-joined", "/echo", "POST", reference="ceiling-echo"),
     Row("floor-python", "floor", connector="python"),
     Row("spawn-python", "gateway", "/v1/do/bench-python/Echo", "POST", "python", "floor-python"),
+    Row("floor-python-16", "floor", connector="python", reference="floor-python", parallel=16),
     Row("spawn-python-2", "gateway", "/v1/do/bench-python/EchoTwoAtATime", "POST", "python", "floor-python"),
     Row("webhook-python", "webhook", "/hooks/python", "POST", "python", "floor-python"),
     Row("floor-node", "floor", connector="node"),
@@ -285,7 +287,8 @@ def _print_facts(setup: Setup, rows: list[Row]) -> None:
     print(f"  webhook     {_tool_version([tools['webhook'], '-version']) if tools['webhook'] else 'not found'}")
     print(
         f"  load        {args.duration} s per row after {args.warmup} s warm-up, {args.connections} connections, "
-        f"{args.threads} wrk thread(s); floors: {FLOOR_PARALLEL} subprocesses at a time"
+        f"{args.threads} wrk thread(s); floors: {FLOOR_PARALLEL} subprocesses at a time "
+        "(floor-python-16: 16)"
     )
     print(f"  workers     size {args.worker_size}, concurrency {args.worker_concurrency}")
     typical = sum(args.warmup + args.duration + 2 for _ in rows)
@@ -668,7 +671,7 @@ def cpu_seconds(pid: int) -> float:
 def run_floor(setup: Setup, row: Row) -> Result:
     """The first half of a floor, run before the rows compared with it; `finish_floors` runs the second."""
     result = Result(row)
-    _spawn_for(_floor_run(setup, row), setup.args.warmup)
+    _spawn_for(_floor_run(setup, row), setup.args.warmup, row.parallel)
     _add_floor_half(setup, result)
     return result
 
@@ -692,7 +695,7 @@ def finish_floors(setup: Setup, rows: list[Row], results: dict[str, Result]) -> 
 
 
 def _add_floor_half(setup: Setup, result: Result) -> None:
-    runs, elapsed = _spawn_for(_floor_run(setup, result.row), setup.args.duration / 2)
+    runs, elapsed = _spawn_for(_floor_run(setup, result.row), setup.args.duration / 2, result.row.parallel)
     result.halves.append(len(runs) / elapsed)
     result.runs = sorted([*result.runs, *runs])
     result.elapsed += elapsed
@@ -719,7 +722,7 @@ def _floor_run(setup: Setup, row: Row) -> Callable[[], None]:
     return once
 
 
-def _spawn_for(once: Callable[[], None], seconds: float) -> tuple[list[float], float]:
+def _spawn_for(once: Callable[[], None], seconds: float, parallel: int) -> tuple[list[float], float]:
     durations: list[float] = []
     failures: list[BaseException] = []
     started = time.monotonic()
@@ -734,7 +737,7 @@ def _spawn_for(once: Callable[[], None], seconds: float) -> tuple[list[float], f
         except Exception as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(FLOOR_PARALLEL)]
+    threads = [threading.Thread(target=loop, daemon=True) for _ in range(parallel)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -762,7 +765,7 @@ def _add_ratios(results: dict[str, Result]) -> None:
 
 def _ratio_text(result: Result) -> str:
     row = result.row
-    if result.halves:
+    if result.halves and row.reference is None:
         return "runs/s by half: " + " / ".join(f"{half:.1f}" for half in result.halves)
     if result.ratio is None:
         return "-" if row.reference is None else f"- (needs {row.reference})"
@@ -847,6 +850,11 @@ def print_targets(results: dict[str, Result]) -> None:
         result = results.get(name)
         if result is not None and result.ratio is not None:
             lines.append((name, target, f"{result.ratio:5.2f}", check(result.ratio), ""))
+    spawn, crowded = results.get("spawn-python"), results.get("floor-python-16")
+    if spawn and crowded and spawn.rps and crowded.rps:
+        # The same 16 interpreters starting at once, without HTTP: what the cores allow at that concurrency.
+        ratio = spawn.rps / crowded.rps
+        lines.append(("spawn-python", ">= 0.90 of floor-python-16", f"{ratio:5.2f}", ratio >= 0.9, ""))
     gateway = [r for r in results.values() if r.row.server == "gateway" and r.rss_peak_mb is not None]
     if gateway:
         peak = max(gateway, key=lambda r: r.rss_peak_mb or 0.0)
