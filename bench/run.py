@@ -45,6 +45,7 @@ STOP_TIMEOUT = 5.0
 SMOKE_TIMEOUT = 15.0
 WRK_GRACE = 15  # seconds wrk may take beyond its duration before it is killed
 FLOOR_PARALLEL = 2
+ONE_AT_A_TIME_WORKERS = 4  # worker processes of the *-1 rows, each taking one request at a time
 FLOOR_RUN_TIMEOUT = 10.0
 INSTALL_HINT = "apt-get install -y wrk webhook"
 
@@ -72,6 +73,24 @@ ROWS = (
     Row("ceiling-echo", "starlette", "/echo", "POST"),
     Row("worker-python", "gateway", "/v1/do/bench-worker-python/Echo", "POST", "python", "ceiling-echo", worker=True),
     Row("worker-node", "gateway", "/v1/do/bench-worker-node/Echo", "POST", "node", "ceiling-echo", worker=True),
+    Row(
+        "worker-python-1",
+        "gateway",
+        "/v1/do/bench-worker-python/EchoOneAtATime",
+        "POST",
+        "python",
+        "ceiling-echo",
+        worker=True,
+    ),
+    Row(
+        "worker-node-1",
+        "gateway",
+        "/v1/do/bench-worker-node/EchoOneAtATime",
+        "POST",
+        "node",
+        "ceiling-echo",
+        worker=True,
+    ),
     Row("ceiling-echo-joined", "starlette-joined", "/echo", "POST", reference="ceiling-echo"),
     Row("floor-python", "floor", connector="python"),
     Row("spawn-python", "gateway", "/v1/do/bench-python/Echo", "POST", "python", "floor-python"),
@@ -290,7 +309,10 @@ def _print_facts(setup: Setup, rows: list[Row]) -> None:
         f"{args.threads} wrk thread(s); floors: {FLOOR_PARALLEL} subprocesses at a time "
         "(floor-python-16: 16)"
     )
-    print(f"  workers     size {args.worker_size}, concurrency {args.worker_concurrency}")
+    print(
+        f"  workers     size {args.worker_size}, concurrency {args.worker_concurrency}; "
+        f"*-1 rows: size {ONE_AT_A_TIME_WORKERS}, concurrency 1"
+    )
     typical = sum(args.warmup + args.duration + 2 for _ in rows)
     print(f"  time        {len(rows)} rows, about {typical} s, at most {bound:.0f} s", flush=True)
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
@@ -348,6 +370,9 @@ def _echo_manifest(setup: Setup, connector: str, worker: bool) -> dict[str, Any]
     if worker:
         command["mode"] = "worker"
         command["workers"] = {"size": setup.args.worker_size, "concurrency": setup.args.worker_concurrency}
+        # The default framing: each worker holds one request, so a pool of them shares the load.
+        one = {"size": ONE_AT_A_TIME_WORKERS, "concurrency": 1}
+        commands.append({**command, "name": "EchoOneAtATime", "workers": one})
     elif connector != "cat":
         # An interpreter's start-up is CPU: run as many at once as the floor does, the rest queue.
         queue = max(setup.args.connections, 1) * 2
