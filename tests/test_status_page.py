@@ -1,7 +1,7 @@
 """The operator's status page, driven in a real headless Chromium against a real gateway process.
 
 Debian's chromium and chromium-driver are used as installed (`.ci/run` installs them);
-nothing is downloaded.
+nothing is downloaded. How descriptions render is read from the HTML in-process.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from starlette.testclient import TestClient
 
+from conftest import make_settings
+from gateway import create_app
 from serving import free_port, wait_until_live
 
 FAKE = Path(__file__).parent / "connectors" / "fake.py"
@@ -79,6 +82,7 @@ def browser() -> Iterator[webdriver.Chrome]:
     options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for a driver on the internet
     chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
     chrome.set_page_load_timeout(WAIT)
@@ -167,3 +171,19 @@ def test_with_an_api_key_the_page_and_its_form_need_it(browser: webdriver.Chrome
         assert '"text": "signed in"' in answer
         wrong = httpx2.get(f"http://127.0.0.1:{port}/", auth=("operator", "wrong"))
         assert wrong.status_code == 401
+
+
+def test_backquoted_words_in_descriptions_show_as_code(tmp_path: Path) -> None:
+    (tmp_path / "quoted.yaml").write_text(
+        "manifest_version: 1\nconnector: quoted\ncommands:\n"
+        "  - name: Post\n"
+        "    description: Sends `data` as the <body>.\n"
+        f"    run: ['{{python}}', -I, -S, '{FAKE}', echo]\n"
+        "    parameters:\n"
+        "      - {id: data, type: any, description: 'Any JSON value; `null` sends none.'}\n"
+    )
+    with TestClient(create_app(make_settings(manifest_dirs=(tmp_path,)))) as client:
+        page = client.get("/").text
+
+    assert "<td>Sends <code>data</code> as the &lt;body&gt;.</td>" in page
+    assert "(any, optional): Any JSON value; <code>null</code> sends none.</li>" in page
