@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -50,11 +51,11 @@ def _command_row(command: Command, stats: CommandStats, pools: Pools) -> str:
     return (
         f"<tr data-command='{html.escape(command.id, quote=True)}'>"
         f"<td><code>{html.escape(command.id)}</code><br><small class='mode'>{_mode(command, pools)}</small></td>"
-        f"<td>{html.escape(command.description or '')}</td>"
+        f"<td>{_prose(command.description or '')}</td>"
         f"<td>{_parameters(command.parameters)}</td>"
         f"<td class='num requests'>{stats.requests}</td>"
         f"<td class='num errors'>{error_rate}</td>"
-        f"<td class='num'>{latency}</td></tr>"
+        f"<td class='num latency'>{latency}</td></tr>"
     )
 
 
@@ -84,12 +85,20 @@ def _parameters(parameters: tuple[Parameter, ...]) -> str:
             facts.append(f"default {json.dumps(parameter.default)}")
         if parameter.secret:
             facts.append("secret")
-        described = f": {html.escape(parameter.description)}" if parameter.description else ""
+        described = f": {_prose(parameter.description)}" if parameter.description else ""
         items.append(
             f"<li><code>{html.escape(parameter.id)}</code> ({html.escape(', '.join(facts))}){described}"
             f"{_schema(parameter)}</li>"
         )
     return "<ul>" + "".join(items) + "</ul>"
+
+
+def _prose(text: str) -> str:
+    """A manifest's description as HTML: escaped, with `backquoted` words shown as code, as authors mean them."""
+    return _BACKQUOTED.sub(r"<code>\1</code>", html.escape(text))
+
+
+_BACKQUOTED = re.compile(r"`([^`]+)`")
 
 
 def _schema(parameter: Parameter) -> str:

@@ -1,16 +1,19 @@
 """The operator's status page, driven in a real headless Chromium against a real gateway process.
 
 Debian's chromium and chromium-driver are used as installed (`.ci/run` installs them);
-nothing is downloaded.
+nothing is downloaded. How descriptions render is read from the HTML in-process.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx2
@@ -19,7 +22,10 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from starlette.testclient import TestClient
 
+from conftest import make_settings
+from gateway import create_app
 from serving import free_port, wait_until_live
 
 FAKE = Path(__file__).parent / "connectors" / "fake.py"
@@ -79,6 +85,7 @@ def browser() -> Iterator[webdriver.Chrome]:
     options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000"):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for a driver on the internet
     chrome = webdriver.Chrome(options=options, service=Service(executable_path=driver))
     chrome.set_page_load_timeout(WAIT)
@@ -167,3 +174,90 @@ def test_with_an_api_key_the_page_and_its_form_need_it(browser: webdriver.Chrome
         assert '"text": "signed in"' in answer
         wrong = httpx2.get(f"http://127.0.0.1:{port}/", auth=("operator", "wrong"))
         assert wrong.status_code == 401
+
+
+def test_each_command_shows_its_latency_once_it_has_traffic(browser: webdriver.Chrome, gateway: int) -> None:
+    browser.get(f"http://127.0.0.1:{gateway}/")
+    assert browser.find_element(By.CSS_SELECTOR, "tr[data-command='page/Echo'] .latency").text == "-"
+
+    for payload in ({"text": "one"}, {"text": "two"}, {}):
+        httpx2.post(f"http://127.0.0.1:{gateway}/v1/do/page/Echo", json=payload)
+    browser.refresh()
+
+    row = browser.find_element(By.CSS_SELECTOR, "tr[data-command='page/Echo']")
+    assert row.find_element(By.CSS_SELECTOR, ".requests").text == "3"
+    assert row.find_element(By.CSS_SELECTOR, ".errors").text == "33%"
+    latency = row.find_element(By.CSS_SELECTOR, ".latency").text
+    shown = re.fullmatch(r"(\d+\.\d) ms / (\d+\.\d) ms", latency)
+    assert shown, f"p50 / p95 should be two durations in ms, got {latency!r}"
+    assert 0 < float(shown[1]) <= float(shown[2])
+
+
+class References(HTMLParser):
+    """Every URL a document refers to, the tags that would load something by themselves, its style and script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.loading: list[str] = []
+        self.inside = ""
+        self.text: dict[str, str] = {"style": "", "script": ""}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = {name: value or "" for name, value in attrs}
+        self.urls += [found[name] for name in ("href", "src", "action", "srcset", "poster", "data") if name in found]
+        if tag in ("link", "img", "iframe", "object", "embed", "video", "audio") or (
+            tag == "script" and "src" in found
+        ):
+            self.loading.append(tag)
+        self.inside = tag
+
+    def handle_data(self, data: str) -> None:
+        if self.inside in self.text:
+            self.text[self.inside] += data
+
+    def handle_endtag(self, tag: str) -> None:
+        self.inside = ""
+
+
+def test_the_page_needs_nothing_from_another_host(browser: webdriver.Chrome, gateway: int) -> None:
+    origin = f"http://127.0.0.1:{gateway}"
+    page = httpx2.get(f"{origin}/").text
+    references = References()
+    references.feed(page)
+
+    assert references.loading == []  # no stylesheet, script, image or frame of its own to fetch
+    assert "/metrics" in references.urls
+    assert all(url.startswith("/") and not url.startswith("//") for url in references.urls), references.urls
+    assert not re.search(r"@import|url\(", references.text["style"])
+    assert not re.search(r"[\"'`](https?:)?//", references.text["script"])  # the form posts to location.origin
+
+    browser.get(f"{origin}/")
+    run_from_the_form(browser, "page/Echo", '{"text": "offline"}')
+
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map((entry) => entry.name)")
+    assert f"{origin}/v1/do/page/Echo" in loaded  # the form's request
+    assert all(url.startswith(f"{origin}/") for url in loaded), loaded  # and perhaps the browser's favicon.ico
+    sent = [
+        event["params"]["request"]["url"]
+        for event in (json.loads(entry["message"])["message"] for entry in browser.get_log("performance"))
+        if event["method"] == "Network.requestWillBeSent"
+    ]
+    assert f"{origin}/" in sent
+    assert all(url.startswith(f"{origin}/") for url in sent), sent
+
+
+def test_backquoted_words_in_descriptions_show_as_code(tmp_path: Path) -> None:
+    (tmp_path / "quoted.yaml").write_text(
+        "manifest_version: 1\nconnector: quoted\ncommands:\n"
+        "  - name: Post\n"
+        "    description: Sends `data` as the <body>.\n"
+        f"    run: ['{{python}}', -I, -S, '{FAKE}', echo]\n"
+        "    parameters:\n"
+        "      - {id: data, type: any, description: 'Any JSON value; `null` sends none.'}\n"
+    )
+    with TestClient(create_app(make_settings(manifest_dirs=(tmp_path,)))) as client:
+        page = client.get("/").text
+
+    assert "<td>Sends <code>data</code> as the &lt;body&gt;.</td>" in page
+    assert "(any, optional): Any JSON value; <code>null</code> sends none.</li>" in page

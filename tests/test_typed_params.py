@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -603,3 +604,16 @@ def test_values_that_json_cannot_carry_are_refused_with_their_location(tmp_path:
         "commands[0].parameters[1].schema.maximum: inf is not a JSON number",
         "commands[0].parameters[2].schema.properties: the key 1 is not a string; quote it",
     ]
+
+
+def test_the_readme_openapi_example_is_what_the_node_example_serves() -> None:
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text().split("### OpenAPI document", 1)[1]
+    shown = json.loads(readme.split("| .properties |= {title, priority, urgent, labels}'\n", 1)[1].split("```", 1)[0])
+    app = create_app(make_settings(manifest_dirs=(root / "examples" / "node-connector",)))
+
+    schema = request_validator(openapi(TestClient(app)), "tickets/CreateTicket").schema
+    kept = {name: schema["properties"][name] for name in ("title", "priority", "urgent", "labels")}
+
+    assert shown == {**schema, "properties": kept}
+    assert shown["properties"]["urgent"]["default"] is False  # a false default is still listed
