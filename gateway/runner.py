@@ -63,8 +63,6 @@ class StderrLines:
     request_id: str
     command_id: str
     redact: Redactor = field(default_factory=Redactor)
-    # False for a worker's stderr outside any one request: every line is logged, none is kept.
-    keep: bool = True
     lines: list[str] = field(default_factory=list)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
     dropped: int = 0
@@ -103,9 +101,11 @@ class StderrLines:
         self._partial_cut = False
 
         self.tail.append(line)
-        if not self.keep:
-            logger.info("%s stderr: %s", self.command_id, line)
-        elif len(self.lines) < self.max_lines:
+        self._take(line)
+
+    def _take(self, line: str) -> None:
+        """A whole line, redacted and cut: logged and kept while there is room, counted after."""
+        if len(self.lines) < self.max_lines:
             self.lines.append(line)
             logger.info("[%s] %s stderr: %s", self.request_id, self.command_id, line)
         else:

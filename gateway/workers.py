@@ -13,10 +13,12 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,12 +46,15 @@ from gateway.runner import (
 )
 
 logger = logging.getLogger("gateway.workers")
+stderr_logger = logging.getLogger("gateway.connector")  # where spawned connectors' stderr goes too
 
 # A worker that exits this soon after starting, without answering anything, counts towards the restart backoff.
 EARLY_EXIT = 5.0
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 30.0
 CANCELLED_REMEMBERED = 10_000
+# A worker's stderr may mention a request's secrets after its answer: those of its last requests stay redacted.
+SECRETS_REMEMBERED = 64
 
 
 @dataclass
@@ -68,6 +73,8 @@ class _Pending:
     command: Command
     future: asyncio.Future[Answer]
     stderr: StderrLines | None  # set when the worker takes one request at a time
+    redact: Redactor
+    stderr_mark: int = 0  # how many lines the worker had written on stderr when it took the request
 
 
 class Worker:
@@ -83,12 +90,14 @@ class Worker:
         self.draining = False
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[None] = loop.create_future()
-        self.stdout_closed: asyncio.Future[None] = loop.create_future()
+        self.pipes_closed: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.SubprocessTransport | None = None
         self.pid = 0
         self._stdin: asyncio.WriteTransport | None = None
         self._outbox: list[bytes] = []
         self.reaper: asyncio.Future[None] | None = None  # reads the last answers once the process is gone
+        self.secrets = _HeldSecrets(pool.command.redact)
+        self.stderr = _WorkerStderr(self.name, pool.limits, pool.settings.concurrency, self.secrets)
 
     @property
     def name(self) -> str:
@@ -125,6 +134,9 @@ class Worker:
 
     def take(self, pending: _Pending, line: bytes) -> None:
         self.pending[pending.request_id] = pending
+        self.secrets.hold(pending.request_id, pending.redact)
+        self.stderr.grant()
+        pending.stderr_mark = self.stderr.written
         self.served += 1
         if self.pool.settings.max_requests and self.served >= self.pool.settings.max_requests:
             self.draining = True
@@ -132,6 +144,7 @@ class Worker:
 
     def release(self, request_id: str) -> None:
         self.pending.pop(request_id, None)
+        self.secrets.let_go(request_id)
         if self.draining and not self.pending:
             self.close_input()
 
@@ -146,13 +159,22 @@ class Worker:
             self.fail(InvalidOutput(f"The {self.name} printed JSON nested more than {MAX_DEPTH} levels deep."))
             return
         try:
-            message = json.loads(line)
+            message, not_finite = _parse(line)
             request_id = message["id"]
             pending = self.pending[request_id]
         except (ValueError, KeyError, TypeError, RecursionError):
             if self._was_cancelled(line):
                 return
             self.fail(InvalidOutput(f"The {self.name} printed a line that is not an answer to a request it holds."))
+            return
+        if not_finite:
+            # An answer all the same, to a request it holds: only that request fails.
+            self.answered += 1
+            refusal = (
+                f"The {self.name} answered with a number JSON cannot carry "
+                "(NaN, an infinity or one beyond the range of a double)."
+            )
+            self._fail_one(pending, InvalidOutput(refusal))
             return
         answer = _decode(message, self.pool.limits)
         if answer is None:
@@ -170,7 +192,7 @@ class Worker:
         if holder is not None and holder.stderr is not None:
             holder.stderr.feed(data)
         else:
-            self.pool.stderr_log.feed(data)
+            self.stderr.feed(data)
 
     def on_exit(self) -> None:
         """The process is gone; its last answers may still be in the pipe, so they are read first."""
@@ -182,7 +204,8 @@ class Worker:
     async def _after_exit(self) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.pool.limits.drain_timeout):
-                await asyncio.shield(self.stdout_closed)
+                await asyncio.shield(self.pipes_closed)
+        self.stderr.close()
         returncode = self.transport.get_returncode() if self.transport else None
         if returncode is not None and returncode < 0:
             how = f"was killed by {signal.Signals(-returncode).name}"
@@ -195,10 +218,21 @@ class Worker:
     def fail(self, error: ConnectorError) -> None:
         """Every request this worker holds fails with `error`, and the worker is stopped."""
         for pending in list(self.pending.values()):
-            if not pending.future.done():
-                pending.future.set_exception(error)
+            self._fail_one(pending, error)
         self.pending.clear()
         self.stop()
+
+    def _fail_one(self, pending: _Pending, error: ConnectorError) -> None:
+        """One request fails, with the stderr lines written for it; after a crash, its message ends with the last."""
+        if pending.future.done():
+            return
+        if pending.stderr is not None:
+            pending.stderr.close()
+            logs, tail = pending.stderr.logs(), list(pending.stderr.tail)
+        else:
+            logs, tail = self.stderr.since(pending.stderr_mark)
+        message = error.message + _stderr_tail(tail) if isinstance(error, ConnectorCrashed) else error.message
+        pending.future.set_exception(type(error)(message, logs))
 
     def stop(self) -> None:
         self.pool.forget(self)
@@ -222,6 +256,39 @@ class Worker:
         return False
 
 
+class _NotFinite(ValueError):
+    """A number JSON cannot carry: NaN, an infinity, or one too large for a double, which reads as an infinity."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotFinite(text)
+    return value
+
+
+# Made once: json.loads builds a new decoder on every call given options.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
+
+
+def _parse(line: bytes) -> tuple[Any, bool]:
+    """A worker's line as JSON, and whether it holds a number JSON cannot carry; ValueError if it is no JSON."""
+    text = line.decode("utf-8", "surrogatepass")
+    try:
+        return _STRICT_DECODER.decode(text), False
+    except _NotFinite:
+        return json.loads(text), True  # read again to learn which request it answers
+
+
+def _stderr_tail(lines: Iterable[str]) -> str:
+    tail = [line for line in lines if line.strip()]
+    return f" Its last stderr lines: {' | '.join(tail)}" if tail else " It wrote nothing on stderr."
+
+
 def _decode(message: dict[str, Any], limits: Limits) -> Answer | None:
     logs = message.get("logs", [])
     logs = [str(line)[: limits.max_stderr_line_chars] for line in logs] if isinstance(logs, list) else []
@@ -234,31 +301,137 @@ def _decode(message: dict[str, Any], limits: Limits) -> Answer | None:
     return None
 
 
+class _HeldSecrets(Redactor):
+    """A worker's redactor: the manifest's secrets, and those of the requests it holds or held lately.
+
+    A worker taking several requests at once writes stderr that is no one request's, so its lines are
+    redacted with the secrets of every request they could be about.
+    """
+
+    def __init__(self, base: Redactor) -> None:
+        super().__init__(base.secrets)
+        self.base = base
+        self.held: dict[str, Redactor] = {}
+        self.lately: deque[Redactor] = deque(maxlen=SECRETS_REMEMBERED)
+
+    def hold(self, request_id: str, redact: Redactor) -> None:
+        if redact.secrets != self.base.secrets:
+            self.held[request_id] = redact
+            self._combine()
+
+    def let_go(self, request_id: str) -> None:
+        redact = self.held.pop(request_id, None)
+        if redact is not None:
+            self.lately.append(redact)
+            self._combine()
+
+    def _combine(self) -> None:
+        sources = [self.base, *self.held.values(), *self.lately]
+        self.secrets = Redactor(secret for source in sources for secret in source.secrets).secrets
+
+
+class _WorkerStderr(StderrLines):
+    """A worker's stderr outside any request it takes alone: logged within a budget, the last lines kept.
+
+    Each request the worker takes (and its start) adds `max_stderr_lines` lines to what it may log, up to that
+    many for each request it can hold; the lines past the budget are counted, and the count is logged when the
+    worker next takes a request or exits. The last lines are kept for the answers of requests it crashes on.
+    """
+
+    def __init__(self, name: str, limits: Limits, concurrency: int, redact: Redactor) -> None:
+        super().__init__(limits.max_stderr_lines, limits.max_stderr_line_chars, "-", name, redact)
+        self.budget = self.max_lines
+        self.written = 0
+        self.recent: deque[str] = deque(maxlen=self.max_lines)
+        self._most = self.max_lines * concurrency
+
+    def grant(self) -> None:
+        """The worker takes a request: it may log more."""
+        self._report_dropped()
+        self.budget = min(self.budget + self.max_lines, self._most)
+
+    def since(self, mark: int) -> tuple[list[str], list[str]]:
+        """The lines written since `mark` lines had been (the last `max_lines` of them), and their last few."""
+        count = self.written - mark
+        kept, tail = _last(self.recent, count), _last(self.tail, count)
+        if count > len(kept):
+            return [f"({count - len(kept)} earlier stderr lines not shown)", *kept], tail
+        return kept, tail
+
+    def close(self) -> None:
+        super().close()
+        self._report_dropped()
+
+    def _take(self, line: str) -> None:
+        self.written += 1
+        self.recent.append(line)
+        if self.budget > 0:
+            self.budget -= 1
+            stderr_logger.info("%s stderr: %s", self.command_id, line)
+        else:
+            self.dropped += 1
+
+    def _report_dropped(self) -> None:
+        if self.dropped:
+            stderr_logger.warning(
+                "The %s wrote %d stderr lines that were not logged: "
+                "a worker's lines are logged up to %d for each request it takes.",
+                self.command_id,
+                self.dropped,
+                self.max_lines,
+            )
+            self.dropped = 0
+
+
+def _last(lines: deque[str], count: int) -> list[str]:
+    return list(lines)[len(lines) - min(count, len(lines)) :]
+
+
 class _WorkerPipes(asyncio.SubprocessProtocol):
-    """Splits a worker's stdout into lines, bounded in length, and passes its stderr on."""
+    """Splits a worker's stdout into lines, each bounded in length, and passes its stderr on."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.buffer = bytearray()
+        self.partial = bytearray()  # a line whose end has not come yet
+        self.overflowed = False  # a line passed the limit: the worker is stopped, the rest of its stdout ignored
+        self._open = {1, 2}
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         if fd == 2:
             self.worker.on_stderr(data)
             return
-        self.buffer += data
-        while (end := self.buffer.find(b"\n")) != -1:
-            line = bytes(self.buffer[:end])
-            del self.buffer[: end + 1]
+        if self.overflowed:
+            return
+        limit = self.worker.pool.limits.max_stdout_bytes
+        start = 0
+        # Only the new data is searched for line ends: a long line comes in many reads.
+        while (end := data.find(b"\n", start)) != -1:
+            if len(self.partial) + end - start > limit:
+                self._overflow(limit)
+                return
+            if self.partial:
+                self.partial += memoryview(data)[start:end]
+                line = bytes(self.partial)
+                self.partial.clear()
+            else:
+                line = data[start:end]
+            start = end + 1
             if line.strip():
                 self.worker.on_line(line)
-        if len(self.buffer) > self.worker.pool.limits.max_stdout_bytes:
-            self.buffer.clear()
-            limit = self.worker.pool.limits.max_stdout_bytes
-            self.worker.fail(OutputTooLarge(f"The {self.worker.name} printed a line longer than {limit} bytes."))
+        if len(self.partial) + len(data) - start > limit:
+            self._overflow(limit)
+            return
+        self.partial += memoryview(data)[start:]
+
+    def _overflow(self, limit: int) -> None:
+        self.overflowed = True
+        self.partial = bytearray()
+        self.worker.fail(OutputTooLarge(f"The {self.worker.name} printed a line longer than {limit} bytes."))
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        if fd == 1 and not self.worker.stdout_closed.done():
-            self.worker.stdout_closed.set_result(None)
+        self._open.discard(fd)
+        if not self._open and not self.worker.pipes_closed.done():
+            self.worker.pipes_closed.set_result(None)
 
     def process_exited(self) -> None:
         self.worker.on_exit()
@@ -281,7 +454,6 @@ class Pool:
         # Requests given up on, whose late answers are dropped; the oldest are forgotten past a bound.
         self.cancelled: dict[str, None] = {}
         self.deadlines = Deadlines(_expire)
-        self.stderr_log = StderrLines(0, limits.max_stderr_line_chars, "-", self.label, command.redact, keep=False)
         self.spawned = 0
         self.restarts = 0
         self._early_exits = 0
@@ -313,10 +485,13 @@ class Pool:
         stderr = None
         if self.settings.concurrency == 1:
             limits = self.limits
-            stderr = StderrLines(limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id, redact)
+            # Redacted as the worker's other lines: it may mention a secret of a request it took before.
+            stderr = StderrLines(
+                limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id, worker.secrets
+            )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Answer] = loop.create_future()
-        pending = _Pending(request_id, command, future, stderr)
+        pending = _Pending(request_id, command, future, stderr, redact)
         worker.take(pending, _request_line(request_id, command, deadline, payload))
         # The wall clock's deadline the worker was given, on the loop's clock.
         self.deadlines.add(loop, future, command.timeout, loop.time() + deadline - time.time())

@@ -88,7 +88,8 @@ def test_a_failure_answer_keeps_the_worker(client: TestClient, protocol: Protoco
         (
             "crash",
             "connector_crashed",
-            "The worker 1 of connector 'pool' exited with status 3 while it held this request.",
+            "The worker 1 of connector 'pool' exited with status 3 while it held this request. "
+            "It wrote nothing on stderr.",
         ),
         (
             "garbage",

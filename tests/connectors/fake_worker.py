@@ -2,7 +2,8 @@
 """A worker that misbehaves on request, to exercise the gateway's worker pools.
 
 What it does with a request is the payload's "do": echo (the default), sleep,
-fail, fail-temporarily, crash, deep, garbage, wrong-id, stderr, pid.
+fail, fail-temporarily, crash, crash-loudly, deep, garbage, wrong-id, stderr,
+stderr-flood, stderr-secret, stderr-remembered, long-line, not-finite, pid.
 """
 
 import json
@@ -11,6 +12,7 @@ import sys
 import time
 
 served = 0
+remembered = None  # the password of the last stderr-secret request
 
 
 def answer(message):
@@ -33,6 +35,10 @@ def handle(request):
         answer({**reply, "failed": "the ledger is down", "temporary": True})
     elif action == "crash":
         os._exit(3)
+    elif action == "crash-loudly":
+        sys.stderr.write("opening the ledger\ndisk full, giving up\n")
+        sys.stderr.flush()
+        os._exit(3)
     elif action == "deep":
         nested = "[" * 300 + "]" * 300
         sys.stdout.write(f'{{"id": "{request["id"]}", "result": {nested}}}\n')
@@ -46,6 +52,29 @@ def handle(request):
         sys.stderr.write(f"working on {payload.get('text')}\n")
         sys.stderr.flush()
         answer({**reply, "result": {"ok": True}})
+    elif action == "stderr-flood":
+        sys.stderr.write("".join(f"noise {number}\n" for number in range(payload.get("lines", 50_000))))
+        sys.stderr.flush()
+        answer({**reply, "result": {"ok": True}})
+    elif action == "stderr-secret":
+        global remembered
+        remembered = payload.get("password")
+        # Before and after its answer: a line may arrive once the gateway has the answer.
+        sys.stderr.write(f"got password {payload.get('password')}\n")
+        sys.stderr.flush()
+        answer({**reply, "result": {"ok": True}})
+        sys.stderr.write(f"done with password {payload.get('password')}\n")
+        sys.stderr.flush()
+    elif action == "stderr-remembered":
+        sys.stderr.write(f"still thinking of {remembered}\n")
+        sys.stderr.flush()
+        answer({**reply, "result": {"ok": True}})
+    elif action == "long-line":
+        answer({**reply, "result": "x" * payload.get("bytes", 5000)})
+    elif action == "not-finite":
+        # What Python's json writes for NaN and the infinities, or a number too large for a double.
+        sys.stdout.write(f'{{"id": "{request["id"]}", "result": {{"value": {payload.get("number")}}}}}\n')
+        sys.stdout.flush()
     elif action == "pid":
         answer({**reply, "result": {"pid": os.getpid(), "served": served, "env": dict(os.environ)}})
     else:
