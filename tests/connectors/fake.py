@@ -88,6 +88,37 @@ def family_hang():
     time.sleep(60)
 
 
+def escape():
+    """Leave a process running in a session of its own, holding none of the gateway's pipes, and say its pid.
+
+    With "double_fork" it is a grandchild's child, started after the setsid; with "hang" the connector
+    then hangs until its time limit, else it answers and exits.
+    """
+    payload = read_payload()
+    report, reported = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        quiet = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(quiet, fd)
+        if not payload.get("double_fork"):
+            os.write(reported, f"{os.getpid()}\n".encode())
+        elif (pid := os.fork()) != 0:
+            os.write(reported, f"{pid}\n".encode())
+            os._exit(0)
+        os.close(reported)
+        os.close(report)
+        time.sleep(30)
+        os._exit(0)
+    os.close(reported)
+    escaped = int(os.read(report, 64))
+    if payload.get("hang"):
+        sys.stderr.write(f"escaped {escaped}\n")
+        sys.stderr.flush()
+        time.sleep(60)
+    json.dump({"escaped": escaped}, sys.stdout)
+
+
 def flood_stdout():
     size = read_payload().get("bytes", 1)
     chunk = b"x" * 65536
@@ -135,6 +166,7 @@ MODES = {
     "ignore-term": ignore_term,
     "grandchild": grandchild,
     "family-hang": family_hang,
+    "escape": escape,
     "flood-stdout": flood_stdout,
     "flood-stderr-first": flood_stderr_first,
     "long-stderr-line": long_stderr_line,
