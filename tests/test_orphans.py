@@ -130,6 +130,19 @@ def test_the_gateways_own_workers_are_not_taken_for_escaped_processes(served: Se
     assert f"Killed process {worker} " not in served.log.read_text()
 
 
+def test_a_process_a_worker_left_outside_its_group_is_killed_once_the_worker_exits(served: Served) -> None:
+    status, answer = served.post("pool/Do", {"do": "escape"})
+    assert status == 200
+    escaped = answer["command_response"]["body"]["escaped"]
+
+    status, answer = served.post("pool/Do", {"do": "crash"})
+    assert answer["error"]["error_code"] == "connector_crashed"
+
+    wait_for(lambda: gone(escaped), 5, f"the end of process {escaped}")
+    wait_for(lambda: served.zombies() == [], 5, "the reaping of every zombie child")
+    assert served.post("pool/Do", {"do": "pid"})[0] == 200
+
+
 def start_of(process: subprocess.Popen[bytes]) -> int:
     stat = read_stat(process.pid)
     assert stat is not None

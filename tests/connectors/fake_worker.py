@@ -2,7 +2,7 @@
 """A worker that misbehaves on request, to exercise the gateway's worker pools.
 
 What it does with a request is the payload's "do": echo (the default), sleep,
-fail, fail-temporarily, crash, deep, garbage, wrong-id, stderr, pid.
+fail, fail-temporarily, crash, deep, garbage, wrong-id, stderr, pid, escape.
 """
 
 import json
@@ -46,12 +46,32 @@ def handle(request):
         sys.stderr.write(f"working on {payload.get('text')}\n")
         sys.stderr.flush()
         answer({**reply, "result": {"ok": True}})
+    elif action == "escape":  # a process in a session of its own, which outlives the worker
+        answer({**reply, "result": {"escaped": escape()}})
     elif action == "pid":
         answer({**reply, "result": {"pid": os.getpid(), "served": served, "env": dict(os.environ)}})
     else:
         answer(
             {**reply, "result": {"payload": payload, "command": request["command"], "deadline": request["deadline"]}}
         )
+
+
+def escape():
+    """Fork a process that moves to a session of its own and sleeps; its pid once it has moved."""
+    report, reported = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        quiet = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(quiet, fd)
+        os.write(reported, b"moved\n")
+        time.sleep(30)
+        os._exit(0)
+    os.close(reported)
+    os.read(report, 64)
+    os.close(report)
+    return pid
 
 
 for line in sys.stdin:
