@@ -99,6 +99,7 @@ class Reaper:
 
     Only those: a child in the gateway's own session was started by something else in the process (which
     waits for it itself), and every connector, with all its descendants, starts in a session of its own.
+    A child still in the session of a connector that runs is left to it, and judged once it has ended.
     Each child is waited for by its pid, never with -1, so no exit status asyncio waits for is taken from it.
     """
 
@@ -122,10 +123,16 @@ class Reaper:
             if pid in self.children.known:
                 continue
             stat = read_stat(pid)
-            if stat is None or stat.ppid != self.pid or stat.session == self.session:
-                continue
-            if not self.children.may_be_ours(pid, stat.start):
+            if stat is not None and self._left_behind(pid, stat):
                 self._stop(pid, stat)
+
+    def _left_behind(self, pid: int, stat: Stat) -> bool:
+        if stat.ppid != self.pid or stat.session == self.session:
+            return False
+        # Still in the session of a connector that runs: the end of that connector will deal with it.
+        if stat.session in self.children.known:
+            return False
+        return not self.children.may_be_ours(pid, stat.start)
 
     def _stop(self, pid: int, stat: Stat) -> None:
         if stat.state != "Z" and self.killed.get(pid) != stat.start:
