@@ -115,6 +115,17 @@ def test_a_double_fork_leaves_neither_a_process_nor_a_zombie(served: Served) -> 
     wait_for(lambda: served.zombies() == [], 5, "the reaping of every zombie child")
 
 
+def test_an_orphan_still_in_a_running_connectors_group_is_left_to_the_connectors_end(served: Served) -> None:
+    # A shell's `( helper & )` does this: the subshell exits and the helper is orphaned, in the connector's group.
+    status, answer = served.post("fake/Escape", {"in_group": True, "wait": 1.2})
+    assert status == 200
+    body = answer["command_response"]["body"]
+    assert body["alive"] is True
+
+    wait_for(lambda: gone(body["escaped"]), 5, f"the end of process {body['escaped']}")
+    assert f"Killed process {body['escaped']} " not in served.log.read_text()  # the group's kill ended it
+
+
 def test_the_gateways_own_workers_are_not_taken_for_escaped_processes(served: Served) -> None:
     status, answer = served.post("pool/Do", {"do": "pid"})
     assert status == 200

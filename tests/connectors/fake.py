@@ -89,19 +89,23 @@ def family_hang():
 
 
 def escape():
-    """Leave a process running in a session of its own, holding none of the gateway's pipes, and say its pid.
+    """Leave a process running outside this one's family, holding none of the gateway's pipes, and say its pid.
 
-    With "double_fork" it is a grandchild's child, started after the setsid; with "hang" the connector
-    then hangs until its time limit, else it answers and exits.
+    By default it is a child in a session of its own. With "double_fork" it is a grandchild, started after
+    the setsid; with "in_group" a grandchild that stays in this process's group and session, orphaned at
+    once. This process then waits "wait" seconds and answers whether it is still alive, or with "hang"
+    hangs until its time limit.
     """
     payload = read_payload()
+    in_group = payload.get("in_group", False)
     report, reported = os.pipe()
     if os.fork() == 0:
-        os.setsid()
+        if not in_group:
+            os.setsid()
         quiet = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(quiet, fd)
-        if not payload.get("double_fork"):
+        if not payload.get("double_fork") and not in_group:
             os.write(reported, f"{os.getpid()}\n".encode())
         elif (pid := os.fork()) != 0:
             os.write(reported, f"{pid}\n".encode())
@@ -112,11 +116,20 @@ def escape():
         os._exit(0)
     os.close(reported)
     escaped = int(os.read(report, 64))
+    time.sleep(payload.get("wait", 0))
     if payload.get("hang"):
         sys.stderr.write(f"escaped {escaped}\n")
         sys.stderr.flush()
         time.sleep(60)
-    json.dump({"escaped": escaped}, sys.stdout)
+    json.dump({"escaped": escaped, "alive": alive(escaped)}, sys.stdout)
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def flood_stdout():
