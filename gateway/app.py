@@ -31,6 +31,7 @@ from gateway.dispatch import PREFIX, Dispatcher, not_found, send_json
 from gateway.errors import InternalError, RequestError, Saturated
 from gateway.logs import AccessLog, configure_logging
 from gateway.metrics import NO_COMMAND, NO_ERROR, RequestMetrics, process_gauges, render
+from gateway.orphans import reaping
 from gateway.registry import Registry, load_registry
 from gateway.reload import Reloader, on_sighup
 from gateway.runner import Runner
@@ -45,9 +46,18 @@ UNAUTHORIZED = b'{"error":"Unauthorized"}'
 
 
 def create_app(
-    settings: Settings, registry: Registry | None = None, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    reap_orphans: bool = False,
 ) -> Gateway:
-    """The gateway as an ASGI app. `environ` is the gateway's environment, read by manifests' env and inherit_env."""
+    """The gateway as an ASGI app. `environ` is the gateway's environment, read by manifests' env and inherit_env.
+
+    `reap_orphans` is for a server process of its own: it adopts every process its connectors leave running
+    outside their process groups, and kills it (see `gateway.orphans`). Any other child of the process in
+    another session, not started by the gateway, would be killed too.
+    """
     environ = os.environ if environ is None else environ
     if registry is None:
         registry = load_registry(settings.manifest_dirs, settings.default_timeout, environ)
@@ -75,6 +85,7 @@ def create_app(
     app.router.redirect_slashes = False  # a 307 is no answer Arena can use
     app.state.settings = settings
     app.state.environ = environ
+    app.state.reap_orphans = reap_orphans
     app.state.registry = registry
     app.state.runner = Runner(settings.limits, environ)
     app.state.pools = Pools(settings.limits, environ)
@@ -87,7 +98,7 @@ def create_app(
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: Starlette) -> AsyncIterator[None]:
-    with _pidfd_child_watcher():
+    with _pidfd_child_watcher(), reaping(app.state.reap_orphans):
         pools: Pools = app.state.pools
         await pools.start_eager(list(app.state.registry.commands.values()))
         reloader = app.state.reloader = Reloader(app.state, app.state.environ)
@@ -130,7 +141,7 @@ def app_from_environment() -> Starlette:
     """The app of one of several gateway processes (`serve --workers N`), set up from the environment."""
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    return create_app(settings, reap_orphans=True)
 
 
 def log_registry(registry: Registry) -> None:

@@ -282,7 +282,7 @@ def _serve(args: argparse.Namespace) -> int:
         if args.workers > 1:
             manifest_files(settings.manifest_dirs)  # each process loads them; a missing directory stops here
             return _serve_processes(settings, args.workers)
-        app = create_app(settings)
+        app = create_app(settings, reap_orphans=True)
     except NotADirectoryError as exc:
         logger.error("%s", exc)
         return 2

@@ -4,7 +4,8 @@ The child runs without a shell, in a new session (so its whole process group can
 be stopped), with an environment built from scratch. Its stdin is written while
 stdout and stderr are read, so no pipe can deadlock the other; once the child
 exits, whatever is left of its process group is killed so that a grandchild
-holding a pipe cannot keep the request open.
+holding a pipe cannot keep the request open; what left the group is caught by
+`gateway.orphans` in a server process.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from gateway.errors import ConnectorStartFailed, ConnectorTimeout, OutputTooLarge
 from gateway.manifest import Command
+from gateway.orphans import own_children
 from gateway.redact import Redactor
 
 logger = logging.getLogger("gateway.connector")
@@ -178,9 +180,10 @@ class Runner:
         stderr = StderrLines(limits.max_stderr_lines, limits.max_stderr_line_chars, request_id, command.id, redact)
         loop = asyncio.get_running_loop()
         try:
-            transport, pipes = await loop.subprocess_exec(
-                lambda: _Pipes(loop, limits.max_stdout_bytes, stderr), *command.argv, **spawn_options(command, env)
-            )
+            with own_children.spawning():
+                transport, pipes = await loop.subprocess_exec(
+                    lambda: _Pipes(loop, limits.max_stdout_bytes, stderr), *command.argv, **spawn_options(command, env)
+                )
         except OSError as exc:
             raise start_failure(command, request_id, exc) from exc
 
@@ -219,6 +222,7 @@ class _Pipes(asyncio.SubprocessProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.SubprocessTransport)
         self._pid = transport.get_pid()
+        own_children.add(self._pid)
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         if fd == 2:
@@ -236,6 +240,7 @@ class _Pipes(asyncio.SubprocessProtocol):
             self.closed.set_result(None)
 
     def process_exited(self) -> None:
+        own_children.discard(self._pid)
         if not self.exited.done():
             self.exited.set_result(None)
 

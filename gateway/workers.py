@@ -34,6 +34,7 @@ from gateway.errors import (
 )
 from gateway.jsonlimits import MAX_DEPTH, nests_deeper_than
 from gateway.manifest import Command, WorkerSettings
+from gateway.orphans import own_children
 from gateway.redact import Redactor
 from gateway.runner import (
     Limits,
@@ -111,9 +112,10 @@ class Worker:
         env = base_environment(command, environ)
         env.update(CONNECTOR_MODE="worker", CONNECTOR_CONCURRENCY=str(self.pool.settings.concurrency))
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.subprocess_exec(
-            lambda: _WorkerPipes(self), *command.argv, **spawn_options(command, env)
-        )
+        with own_children.spawning():
+            transport, _ = await loop.subprocess_exec(
+                lambda: _WorkerPipes(self), *command.argv, **spawn_options(command, env)
+            )
         self.transport = transport
         self.pid = transport.get_pid()
         stdin = transport.get_pipe_transport(0)
@@ -395,6 +397,12 @@ class _WorkerPipes(asyncio.SubprocessProtocol):
         self.partial = bytearray()  # a line whose end has not come yet
         self.overflowed = False  # a line passed the limit: the worker is stopped, the rest of its stdout ignored
         self._open = {1, 2}
+        self.pid = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self.pid = transport.get_pid()
+        own_children.add(self.pid)
 
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         if fd == 2:
@@ -434,6 +442,7 @@ class _WorkerPipes(asyncio.SubprocessProtocol):
             self.worker.pipes_closed.set_result(None)
 
     def process_exited(self) -> None:
+        own_children.discard(self.pid)
         self.worker.on_exit()
 
 

@@ -51,7 +51,7 @@ def test_validate_reports_every_problem_and_exits_1(tmp_path: Path, capsys: pyte
 
 def test_validate_passes_good_manifests(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(FAKE_MANIFESTS)]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "1 manifest, 16 commands, 0 invalid."
+    assert capsys.readouterr().out.splitlines()[-1] == "1 manifest, 17 commands, 0 invalid."
 
 
 def test_validate_checks_the_bundled_manifests_by_default(
@@ -128,7 +128,7 @@ def test_serve_answers_on_a_real_socket(served: tuple[int, subprocess.Popen[str]
     assert answer["command_response"]["body"] == {"text": "over the wire", "count": 1}
     process.terminate()
     log, _ = process.communicate(timeout=10)
-    assert "Serving 16 commands and 1 auth handlers" in log
+    assert "Serving 17 commands and 1 auth handlers" in log
     assert "POST /v1/do/fake/Echo 200 command=fake/Echo error=-" in log
 
 

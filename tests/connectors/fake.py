@@ -88,6 +88,50 @@ def family_hang():
     time.sleep(60)
 
 
+def escape():
+    """Leave a process running outside this one's family, holding none of the gateway's pipes, and say its pid.
+
+    By default it is a child in a session of its own. With "double_fork" it is a grandchild, started after
+    the setsid; with "in_group" a grandchild that stays in this process's group and session, orphaned at
+    once. This process then waits "wait" seconds and answers whether it is still alive, or with "hang"
+    hangs until its time limit.
+    """
+    payload = read_payload()
+    in_group = payload.get("in_group", False)
+    report, reported = os.pipe()
+    if os.fork() == 0:
+        if not in_group:
+            os.setsid()
+        quiet = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(quiet, fd)
+        if not payload.get("double_fork") and not in_group:
+            os.write(reported, f"{os.getpid()}\n".encode())
+        elif (pid := os.fork()) != 0:
+            os.write(reported, f"{pid}\n".encode())
+            os._exit(0)
+        os.close(reported)
+        os.close(report)
+        time.sleep(30)
+        os._exit(0)
+    os.close(reported)
+    escaped = int(os.read(report, 64))
+    time.sleep(payload.get("wait", 0))
+    if payload.get("hang"):
+        sys.stderr.write(f"escaped {escaped}\n")
+        sys.stderr.flush()
+        time.sleep(60)
+    json.dump({"escaped": escaped, "alive": alive(escaped)}, sys.stdout)
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def flood_stdout():
     size = read_payload().get("bytes", 1)
     chunk = b"x" * 65536
@@ -135,6 +179,7 @@ MODES = {
     "ignore-term": ignore_term,
     "grandchild": grandchild,
     "family-hang": family_hang,
+    "escape": escape,
     "flood-stdout": flood_stdout,
     "flood-stderr-first": flood_stderr_first,
     "long-stderr-line": long_stderr_line,

@@ -3,7 +3,7 @@
 
 What it does with a request is the payload's "do": echo (the default), sleep,
 fail, fail-temporarily, crash, crash-loudly, deep, garbage, wrong-id, stderr,
-stderr-flood, stderr-secret, stderr-remembered, long-line, not-finite, pid.
+stderr-flood, stderr-secret, stderr-remembered, long-line, not-finite, pid, escape.
 """
 
 import json
@@ -75,12 +75,32 @@ def handle(request):
         # What Python's json writes for NaN and the infinities, or a number too large for a double.
         sys.stdout.write(f'{{"id": "{request["id"]}", "result": {{"value": {payload.get("number")}}}}}\n')
         sys.stdout.flush()
+    elif action == "escape":  # a process in a session of its own, which outlives the worker
+        answer({**reply, "result": {"escaped": escape()}})
     elif action == "pid":
         answer({**reply, "result": {"pid": os.getpid(), "served": served, "env": dict(os.environ)}})
     else:
         answer(
             {**reply, "result": {"payload": payload, "command": request["command"], "deadline": request["deadline"]}}
         )
+
+
+def escape():
+    """Fork a process that moves to a session of its own and sleeps; its pid once it has moved."""
+    report, reported = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        quiet = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(quiet, fd)
+        os.write(reported, b"moved\n")
+        time.sleep(30)
+        os._exit(0)
+    os.close(reported)
+    os.read(report, 64)
+    os.close(report)
+    return pid
 
 
 for line in sys.stdin:
