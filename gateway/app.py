@@ -209,6 +209,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def internal_error(request: Request, exc: Exception) -> Response:
     """An unexpected fault still gets an answer Arena can read; the server logs the traceback."""
     request_id = request.scope.get("state", {}).get("request_id", "-")
+    request.state.error_code = InternalError.code
     logger.error("[%s] internal error on %s %s: %r", request_id, request.method, request.url.path, exc)
     return JSONResponse(envelope.protocol_error(_internal_error(request_id)), status_code=500)
 
@@ -280,6 +281,7 @@ class Gateway(Starlette):
             state["status"] = await self.dispatcher(scope, receive, send, [id_header])
         except Exception as exc:
             state["status"] = 500
+            state["error_code"] = InternalError.code
             logger.error("[%s] internal error on POST %s: %r", state["request_id"], _printable(scope["path"]), exc)
             body = envelope.encode(envelope.protocol_error(_internal_error(state["request_id"])))
             with contextlib.suppress(Exception):  # the answer may have been started already

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -154,11 +155,19 @@ def _encode_answer(answer: dict[str, Any], command_id: str, logs: list[str]) -> 
     # deeper than the encoder recurses or holding a lone surrogate escape, and that is its fault.
     try:
         return envelope.encode(answer)
-    except (RecursionError, UnicodeEncodeError) as exc:
-        reason = "it nests too deeply" if isinstance(exc, RecursionError) else "it holds a lone surrogate escape"
+    except (RecursionError, UnicodeEncodeError, ValueError) as exc:
         raise InvalidOutput(
-            f"The connector for '{command_id}' printed JSON that cannot be sent on: {reason}.", logs
+            f"The connector for '{command_id}' printed JSON that cannot be sent on: {_unencodable(exc)}.", logs
         ) from None
+
+
+def _unencodable(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "it nests too deeply"
+    if isinstance(exc, UnicodeEncodeError):  # a ValueError too
+        return "it holds a lone surrogate escape"
+    # The encoder refuses what the decoder made of a number past a float's range.
+    return "it holds a number too large for a double-precision float (such as 1e400)"
 
 
 class HangUps:
@@ -263,6 +272,10 @@ async def _read_json_object(headers: list[tuple[bytes, bytes]], receive: Receive
         body = _BODY_DECODER.decode(text)
     except RecursionError:
         raise InvalidBody("The request body is nested too deeply.") from None
+    except NotFinite:
+        raise InvalidBody(
+            "The request body holds a number too large for a double-precision float (such as 1e400)."
+        ) from None
     except ValueError as exc:
         raise InvalidBody(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
@@ -302,4 +315,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-_BODY_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+class NotFinite(ValueError):
+    """A JSON number past the range of a float: it would be decoded as infinity, which JSON cannot send on."""
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise NotFinite(text)
+    return number
+
+
+_BODY_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)

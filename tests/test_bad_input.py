@@ -598,6 +598,54 @@ def test_the_right_key_under_any_case_of_the_header_is_accepted(
     assert message == "Command 'fake/Echo' is missing the required parameter 'text'."
 
 
+# 10. Numbers no JSON encoder can send on: literals past a float's range, NaN and Infinity
+# (the strategies above make only finite numbers, as json.dumps would write the others as these literals)
+
+TOO_LARGE = "The request body holds a number too large for a double-precision float (such as 1e400)."
+non_finite_literals = st.one_of(
+    st.sampled_from(["1e400", "-1e400", "1E+309", "2e308", "-9.9e999", "1" + "0" * 400 + ".0"]).map(
+        lambda literal: (literal, TOO_LARGE)
+    ),
+    st.sampled_from(["NaN", "Infinity", "-Infinity"]).map(
+        lambda literal: (literal, f"The request body is not valid JSON: {literal} is not a JSON value.")
+    ),
+)
+MARK = "\x00literal\x00"
+
+
+@st.composite
+def bodies_with_a_literal(draw: st.DrawFn) -> tuple[bytes, str]:
+    literal, message = draw(non_finite_literals)
+    value = draw(json_values)
+    where = draw(st.sampled_from(["parameter", "inside any", "task data", "undeclared key"]))
+    body: dict[str, Any] = {"text": "x"}
+    if where == "parameter":
+        body["count"] = MARK
+    elif where == "inside any":
+        body["extra"] = {"kept": value, "list": [value, MARK]}
+    elif where == "task data":
+        body["spiff__task_data"] = {"order": {"total": MARK, "lines": value}}
+    else:
+        body[draw(st.text(max_size=6))] = MARK
+    text = json.dumps(body, indent=draw(st.sampled_from([None, 2]))).replace(json.dumps(MARK), literal)
+    return text.encode(), message
+
+
+@seed(SEED)
+@settings(PROPERTY, max_examples=100)
+@given(case=bodies_with_a_literal())
+def test_numbers_json_cannot_carry_are_an_invalid_body(
+    plain: Gateway, make_caller: Callable[[Gateway], Caller], case: tuple[bytes, str]
+) -> None:
+    caller = make_caller(plain)
+    body, expected = case
+
+    answer = caller.post("/v1/do/fake/Echo", body, JSON_TYPE)
+
+    message = caller.check_refused(answer, 400, "invalid_body")
+    assert message == expected
+
+
 # Edge cases found by the properties above, pinned one by one. Each gets an app of its own: some start a process.
 
 

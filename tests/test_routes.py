@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,11 @@ def test_unknown_command_message_names_it(client: TestClient) -> None:
         (b"null", "The request body must be a JSON object of parameters, got null."),
         (b"3", "The request body must be a JSON object of parameters, got a number."),
         (b'{"a": NaN}', "The request body is not valid JSON: NaN is not a JSON value."),
+        (b'{"a": -Infinity}', "The request body is not valid JSON: -Infinity is not a JSON value."),
+        (
+            b'{"text": "a", "extra": 1e400}',
+            "The request body holds a number too large for a double-precision float (such as 1e400).",
+        ),
         (b'{"text": "x"', "The request body is not valid JSON: Expecting ',' delimiter: line 1 column 13 (char 12)."),
         (b"", "The request body is not valid JSON: Expecting value: line 1 column 1 (char 0)."),
         (b'{"a": "\xff"}', "The request body is not UTF-8 text (invalid byte at position 7)."),
@@ -196,15 +202,25 @@ def test_a_bad_manifest_is_skipped_and_the_others_served(tmp_path: Path) -> None
         assert client.post("/v1/do/good/Run", json={}).json()["command_response"]["body"] == 1
 
 
+@pytest.mark.parametrize(("method", "path", "broken_part"), [
+    ("POST", "/v1/do/fake/Echo", "gateway.dispatch.prepare_payload"),
+    ("GET", "/", "gateway.app.render_page"),
+])  # fmt: skip
 def test_an_unexpected_fault_still_answers_in_the_protocol_shape(
-    protocol: Protocol, monkeypatch: pytest.MonkeyPatch
+    protocol: Protocol,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    path: str,
+    broken_part: str,
 ) -> None:
     def broken(*args: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("gateway.dispatch.prepare_payload", broken)
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    monkeypatch.setattr(broken_part, broken)
     with TestClient(create_app(make_settings()), raise_server_exceptions=False) as client:
-        response = client.post("/v1/do/fake/Echo", json={"text": "x"})
+        response = client.request(method, path, json={"text": "x"})
 
     assert response.status_code == 500
     answer = response.json()
@@ -214,3 +230,6 @@ def test_an_unexpected_fault_still_answers_in_the_protocol_shape(
         "error_code": "internal_error",
         "message": f"The gateway failed unexpectedly; its log has the details under request id {request_id}.",
     }
+    (line,) = [record.getMessage() for record in caplog.records if record.name == "gateway.access"]
+    assert line.startswith(f"{request_id} {method} {path} 500 ")
+    assert " error=internal_error " in line
