@@ -27,7 +27,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway import envelope
 from gateway.admission import Admission
-from gateway.dispatch import PREFIX, Dispatcher, not_found, send_json
+from gateway.dispatch import PREFIX, Dispatcher, cut, not_found, send_json
 from gateway.errors import InternalError, RequestError, Saturated
 from gateway.logs import AccessLog, configure_logging
 from gateway.metrics import NO_COMMAND, NO_ERROR, RequestMetrics, process_gauges, render
@@ -210,7 +210,7 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     """An unexpected fault still gets an answer Arena can read; the server logs the traceback."""
     request_id = request.scope.get("state", {}).get("request_id", "-")
     request.state.error_code = InternalError.code
-    logger.error("[%s] internal error on %s %s: %r", request_id, request.method, request.url.path, exc)
+    logger.error("[%s] internal error on %s %s: %r", request_id, request.method, _printable(cut(request.url.path)), exc)
     return JSONResponse(envelope.protocol_error(_internal_error(request_id)), status_code=500)
 
 
@@ -282,7 +282,7 @@ class Gateway(Starlette):
         except Exception as exc:
             state["status"] = 500
             state["error_code"] = InternalError.code
-            logger.error("[%s] internal error on POST %s: %r", state["request_id"], _printable(scope["path"]), exc)
+            logger.error("[%s] internal error on POST %s: %r", state["request_id"], _printable(cut(scope["path"])), exc)
             body = envelope.encode(envelope.protocol_error(_internal_error(state["request_id"])))
             with contextlib.suppress(Exception):  # the answer may have been started already
                 await send_json(send, 500, body, [id_header])
@@ -385,9 +385,9 @@ def _log_access(scope: Scope, state: dict[str, Any], status: int, elapsed: float
     access_log.write(
         state["request_id"],
         scope["method"],
-        _printable(scope["path"]),
+        _printable(cut(scope["path"])),
         status,
-        _printable(state.get("command", "-")),
+        _printable(cut(state.get("command", "-"))),
         state.get("error_code", "-"),
         elapsed * 1000,
     )

@@ -45,6 +45,8 @@ logger = logging.getLogger("gateway")
 PREFIX = "/v1/do/"
 # How long a run goes before its caller is watched for a hang-up (see `HangUps`).
 WATCH_AFTER = 0.05
+# Command names from callers are cut to this many characters in messages and log lines.
+SHOWN_NAME = 200
 
 _T = TypeVar("_T")
 _JSON_HEADER = (b"content-type", b"application/json")
@@ -141,7 +143,12 @@ class Dispatcher:
 
 
 def not_found(command_id: str) -> CommandNotFound:
-    return CommandNotFound(f"No command '{command_id}' is served here; GET /v1/commands lists the commands.")
+    return CommandNotFound(f"No command '{cut(command_id)}' is served here; GET /v1/commands lists the commands.")
+
+
+def cut(name: str) -> str:
+    """A name from the caller, cut to `SHOWN_NAME` characters for messages and logs."""
+    return name if len(name) <= SHOWN_NAME else name[:SHOWN_NAME] + "…"
 
 
 async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

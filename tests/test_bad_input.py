@@ -516,6 +516,12 @@ raw_rests = st.lists(segments, min_size=1, max_size=4).map("/".join) | st.lists(
 )
 
 
+def shown(rest: str) -> str:
+    """A command path as messages and logs show it: decoded, cut at 200 characters."""
+    decoded = unquote(rest)
+    return decoded if len(decoded) <= 200 else decoded[:200] + "…"
+
+
 @seed(SEED)
 @PROPERTY
 @given(rest=raw_rests)
@@ -530,7 +536,18 @@ def test_odd_command_paths_are_a_404(plain: Gateway, make_caller: Callable[[Gate
     answer = caller.send_raw(f"/v1/do/{rest}".encode(), [(b"content-type", b"application/json")])
 
     message = caller.check_refused(answer, 404, "command_not_found")
-    assert message == f"No command '{decoded}' {NOT_SERVED}"
+    assert message == f"No command '{shown(rest)}' {NOT_SERVED}"
+
+
+def test_a_long_command_name_is_cut_in_the_message_and_the_access_line(fresh: Caller) -> None:
+    name = "Echo" * 5000
+
+    answer = fresh.send_raw(f"/v1/do/fake/{name}".encode(), [(b"content-type", b"application/json")])
+
+    message = fresh.check_refused(answer, 404, "command_not_found")
+    assert message == f"No command 'fake/{name[:195]}…' {NOT_SERVED}"
+    (line,) = [record.getMessage() for record in fresh.caplog.records if record.name == "gateway.access"]
+    assert f" /v1/do/fake/{name[:188]}… 404 command=fake/{name[:195]}… error=command_not_found " in line
 
 
 # 9. The API key: missing, wrong or repeated is refused; the right key under any spelling of the header is not
