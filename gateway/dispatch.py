@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote
 
 from starlette.types import Receive, Scope, Send
 
@@ -88,7 +89,7 @@ class Dispatcher:
         registry: Registry = self.state.registry
         settings: Settings = self.state.settings
         request_id: str = state["request_id"]
-        asked: str = scope["path"][len(PREFIX) :]
+        asked = _asked(scope)
         connector, _, name = asked.partition("/")
         well_formed = connector != "" and name != "" and "/" not in name
         if well_formed:
@@ -149,6 +150,20 @@ def not_found(command_id: str) -> CommandNotFound:
 def cut(name: str) -> str:
     """A name from the caller, cut to `SHOWN_NAME` characters for messages and logs."""
     return name if len(name) <= SHOWN_NAME else name[:SHOWN_NAME] + "…"
+
+
+def _asked(scope: Scope) -> str:
+    """The `{connector}/{command}` part of the path, decoded.
+
+    Only a slash as sent separates the two: an encoded one (`%2F`) is part of a name, so it is
+    shown as sent, and no command has such a name.
+    """
+    path: str = scope["path"]
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None or b"%" not in raw or b"%2f" not in raw.lower():
+        return path[len(PREFIX) :]
+    segments = (unquote(segment).replace("/", "%2F") for segment in raw.decode("latin-1").split("/"))
+    return "/".join(segments).removeprefix(PREFIX)
 
 
 async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

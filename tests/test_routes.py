@@ -73,7 +73,16 @@ def test_auth_route_for_an_unknown_handler(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/v1/do/fake/Nope", "/v1/do/nope/Echo", "/v1/do/fake", "/v1/do/fake/Echo/extra", "/v1/do/a%2Fb/Echo"]
+    "path",
+    [
+        "/v1/do/fake/Nope",
+        "/v1/do/nope/Echo",
+        "/v1/do/fake",
+        "/v1/do/fake/Echo/extra",
+        "/v1/do/a%2Fb/Echo",
+        "/v1/do/fake%2FEcho",
+        "/v1/do/",
+    ],
 )
 def test_unknown_command_is_a_404_in_the_protocol_shape(client: TestClient, protocol: Protocol, path: str) -> None:
     response = client.post(path, json={})
