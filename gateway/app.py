@@ -342,13 +342,37 @@ _API_KEY_NAME = API_KEY_HEADER.lower().encode("latin-1")
 
 
 def _key_matches(scope: Scope, api_key: bytes) -> bool:
-    """Arena's shared secret, sent once in its header, or as the password of HTTP Basic auth (browsers)."""
+    """Arena's shared secret, sent once in its header; from a browser, on its routes, as an HTTP Basic password."""
     sent = [value for name, value in scope["headers"] if name.lower() == _API_KEY_NAME]
-    if not sent:
+    if not sent and _takes_basic(scope):
         sent = [
-            password for name, value in scope["headers"] if name == b"authorization" and (password := _basic(value))
+            password
+            for name, value in scope["headers"]
+            if name.lower() == b"authorization" and (password := _basic(value))
         ]
     return len(sent) == 1 and hmac.compare_digest(sent[0], api_key)
+
+
+def _takes_basic(scope: Scope) -> bool:
+    """Whether the key may come as a Basic password: on the browsers' pages, and from the status page's form.
+
+    The form posts to /v1/do with the credentials the browser signed in with, and browsers send
+    `Origin` on every POST, and `Sec-Fetch-Site` where they can: a same-origin request is the page's.
+    (Another site's page cannot send JSON here at all without a CORS preflight the gateway never grants.)
+    """
+    path: str = scope["path"]
+    if path in _FOR_BROWSERS:
+        return True
+    if scope["method"] != "POST" or not path.startswith(PREFIX):
+        return False
+    origin = site = None
+    for name, value in scope["headers"]:
+        lowered = name.lower()
+        if lowered == b"origin":
+            origin = value
+        elif lowered == b"sec-fetch-site":
+            site = value
+    return origin is not None and site in (None, b"same-origin")
 
 
 def _basic(authorization: bytes) -> bytes | None:

@@ -84,6 +84,11 @@ class Settings:
                     f"{API_KEY_VARIABLE} is set but empty. Set it to the key Arena sends, "
                     "or unset it to serve without a key."
                 )
+            if api_key != api_key.strip():
+                raise SettingsError(
+                    f"{API_KEY_VARIABLE} begins or ends with whitespace, which HTTP strips from header values: "
+                    "no request could ever match it. Remove the whitespace, here and in Arena's setting."
+                )
             values["api_key"] = api_key
 
         values.update(overrides)

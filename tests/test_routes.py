@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 
 from conftest import Protocol, make_settings
 from gateway import create_app
+from gateway.settings import Settings, SettingsError
 
 
 @pytest.mark.parametrize("path", ["/liveness", "/v1/liveness"])
@@ -198,6 +199,58 @@ class TestApiKey:
 
     def test_the_browser_auth_route_is_not_gated(self, keyed: TestClient) -> None:
         assert keyed.get("/v1/auth/fake/OAuth").status_code == 501
+
+    @pytest.mark.parametrize(
+        ("method", "path"), [("GET", "/v1/commands"), ("GET", "/v1/auths"), ("POST", "/v1/do/fake/Echo")]
+    )
+    def test_arena_routes_take_the_key_only_in_its_header(self, keyed: TestClient, method: str, path: str) -> None:
+        basic = keyed.request(method, path, auth=("anyone", self.KEY), json={"text": "x"})
+
+        assert basic.status_code == 401
+        assert basic.json() == {"error": "Unauthorized"}
+        assert "www-authenticate" not in basic.headers  # no browser prompt: these routes are for Arena
+
+    @pytest.mark.parametrize("path", ["/", "/openapi.json"])
+    def test_the_browsers_pages_take_the_key_as_a_basic_password(self, keyed: TestClient, path: str) -> None:
+        assert keyed.get(path, auth=("anyone", self.KEY)).status_code == 200
+        assert keyed.get(path, auth=("anyone", "wrong")).status_code == 401
+
+    @pytest.mark.parametrize(
+        "browser_headers",
+        [
+            {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+            {"Origin": "http://testserver"},  # plain http beyond loopback: browsers send no Sec-Fetch-* there
+        ],
+    )
+    def test_the_status_page_form_runs_with_the_browsers_basic_password(
+        self, keyed: TestClient, browser_headers: dict[str, str]
+    ) -> None:
+        response = keyed.post(
+            "/v1/do/fake/Echo", auth=("anyone", self.KEY), json={"text": "x"}, headers=browser_headers
+        )
+
+        assert response.status_code == 200
+        assert response.json()["command_response"]["body"] == {"text": "x", "count": 1}
+
+    @pytest.mark.parametrize("site", ["cross-site", "same-site", "none"])
+    def test_another_sites_page_cannot_run_a_command_with_the_browsers_password(
+        self, keyed: TestClient, site: str
+    ) -> None:
+        headers = {"Origin": "http://elsewhere.example", "Sec-Fetch-Site": site}
+
+        response = keyed.post("/v1/do/fake/Echo", auth=("anyone", self.KEY), json={"text": "x"}, headers=headers)
+
+        assert response.status_code == 401
+
+    @pytest.mark.parametrize("key", [" k3y", "k3y ", "k3y\t", "\tk3y\n"])
+    def test_a_key_with_whitespace_around_it_is_refused_at_start_up(self, key: str) -> None:
+        with pytest.raises(SettingsError) as refused:
+            Settings.from_env({"CONNECTOR_PROXY_API_KEY": key})
+
+        assert str(refused.value) == (
+            "CONNECTOR_PROXY_API_KEY begins or ends with whitespace, which HTTP strips from header values: "
+            "no request could ever match it. Remove the whitespace, here and in Arena's setting."
+        )
 
 
 def test_a_bad_manifest_is_skipped_and_the_others_served(tmp_path: Path) -> None:
