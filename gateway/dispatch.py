@@ -107,15 +107,23 @@ class Dispatcher:
         secrets = secret_values(command, payload)
         redact = Redactor([*command.secret_values, *secrets]) if secrets else command.redact
 
-        async with self.state.admission.slot(command):
-            answer = await self.hang_ups.run(receive, self._execute(command, stdin, redact, state))
+        # The caller is watched from here on: one that hangs up while queued for a slot is never run.
+        answer = await self.hang_ups.run(receive, self._execute(command, stdin, redact, state))
         if answer is None:
-            logger.info("[%s] %s: the caller went away; its connector was stopped", request_id, command.id)
+            if state.get("running"):
+                logger.info("[%s] %s: the caller went away; its connector was stopped", request_id, command.id)
+            else:
+                logger.info("[%s] %s: the caller went away while queued; nothing was run", request_id, command.id)
             raise CallerGone()
         return answer
 
     async def _execute(self, command: Command, stdin: bytes, redact: Redactor, state: dict[str, Any]) -> bytes:
-        """Run the command and shape its outcome, success or failure, as an encoded version 2 envelope."""
+        """Wait for a run slot, run the command and shape its outcome, success or failure, as an encoded envelope."""
+        async with self.state.admission.slot(command):
+            state["running"] = True
+            return await self._outcome(command, stdin, redact, state)
+
+    async def _outcome(self, command: Command, stdin: bytes, redact: Redactor, state: dict[str, Any]) -> bytes:
         try:
             answer, logs = await self._dispatch(command, stdin, redact, state["request_id"])
             encoded = _encode_answer(answer, command.id, logs)
@@ -193,7 +201,7 @@ def _unencodable(exc: Exception) -> str:
 
 
 class HangUps:
-    """Cancels the runs whose callers hung up.
+    """Cancels the runs whose callers hung up, also while they wait for a run slot.
 
     Watching a caller costs a task, and most runs end within milliseconds: so a run is watched
     only once it has lasted `WATCH_AFTER` (up to twice that), all by one timer. A hang-up before

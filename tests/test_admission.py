@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +20,7 @@ from conftest import Protocol, make_settings
 from gateway import create_app
 from gateway.admission import AdmissionLimits, Slots
 from gateway.errors import Saturated
+from serving import children, free_port, wait_for, wait_until_live
 
 FAKE = Path(__file__).parent / "connectors" / "fake.py"
 
@@ -104,3 +112,58 @@ def test_a_queued_request_runs_once_a_slot_frees(tmp_path: Path) -> None:
 
     assert [response.status_code for response in responses] == [200, 200]
     assert app.state.runner.spawned == 2
+
+
+# A caller that hangs up while queued for a slot
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def send_sleep(port: int, seconds: float) -> socket.socket:
+    body = json.dumps({"seconds": seconds}).encode()
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    connection.sendall(
+        b"POST /v1/do/one/Sleep HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return connection
+
+
+def test_a_caller_that_hangs_up_while_queued_is_never_run(tmp_path: Path) -> None:
+    manifests = sleeper(tmp_path, ", concurrency: 1, queue: 4, timeout: 30")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--manifests", str(manifests)],
+        env={**os.environ, "CONNECTOR_GATEWAY_MAX_WAIT": "60"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_live(port, process)
+        running = send_sleep(port, 20)
+        wait_for(lambda: len(children(process.pid)) == 1, 10, "the first run's start")
+        queued = send_sleep(port, 0)
+        wait_for(lambda: metric(port, "connector_gateway_requests_queued") == 1, 10, "the second request's wait")
+
+        queued.close()
+
+        # While the first still runs, the second leaves the queue: its caller is gone.
+        wait_for(lambda: metric(port, "connector_gateway_requests_queued") == 0, 10, "the second request's end")
+        assert metric(port, "connector_gateway_runs_in_progress") == 1
+        running.close()
+        wait_for(lambda: metric(port, "connector_gateway_runs_in_progress") == 0, 10, "the first run's end")
+        assert metric(port, 'connector_gateway_processes_spawned_total{mode="spawn"}') == 1
+    finally:
+        process.terminate()
+        log, _ = process.communicate(timeout=30)
+
+    assert "one/Sleep: the caller went away while queued; nothing was run" in log
+    assert "one/Sleep: the caller went away; its connector was stopped" in log
+    assert log.count("POST /v1/do/one/Sleep 499 command=one/Sleep error=caller_gone") == 2
