@@ -26,7 +26,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway import envelope
-from gateway.admission import Admission
+from gateway.admission import Admission, BodyBudget
 from gateway.dispatch import PREFIX, Dispatcher, cut, not_found, send_json
 from gateway.errors import InternalError, RequestError, Saturated
 from gateway.logs import AccessLog, configure_logging
@@ -79,6 +79,7 @@ def create_app(
     app.state.runner = Runner(settings.limits, environ)
     app.state.pools = Pools(settings.limits, environ)
     app.state.admission = Admission(settings.admission)
+    app.state.bodies = BodyBudget(settings.max_buffered_body_bytes)
     app.api_key = settings.api_key.encode() if settings.api_key is not None else None
     app.metrics_need_key = settings.metrics_need_key
     app.dispatcher = Dispatcher(app.state)

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 from starlette.types import Receive, Scope, Send
 
 from gateway import envelope
+from gateway.admission import BodyHold
 from gateway.errors import (
     BodyTooLarge,
     CommandNotFound,
@@ -71,8 +72,9 @@ class Dispatcher:
         `headers` go on the answer; `scope["state"]` receives `command` and `error_code` for the access log.
         """
         state: dict[str, Any] = scope["state"]
+        held = self.state.bodies.hold()
         try:
-            body = await self._run(scope, receive, state)
+            body = await self._run(scope, receive, state, held)
         except RequestError as error:
             state["error_code"] = error.code
             if isinstance(error, Saturated):
@@ -82,10 +84,12 @@ class Dispatcher:
         except CallerGone:
             state["error_code"] = "caller_gone"
             return 499  # nobody to send it to; the access log shows it, as nginx's 499 does
+        finally:
+            held.release()
         await send_json(send, 200, body, headers)
         return 200
 
-    async def _run(self, scope: Scope, receive: Receive, state: dict[str, Any]) -> bytes:
+    async def _run(self, scope: Scope, receive: Receive, state: dict[str, Any], held: BodyHold) -> bytes:
         registry: Registry = self.state.registry
         settings: Settings = self.state.settings
         request_id: str = state["request_id"]
@@ -101,7 +105,7 @@ class Dispatcher:
             raise not_found(asked)
         state["command_id"] = command.id
         _check_media_type(scope["headers"])
-        body = await _read_json_object(scope["headers"], receive, settings.max_body_bytes)
+        body = await _read_json_object(scope["headers"], receive, settings.max_body_bytes, held)
         payload = prepare_payload(command, body)
         stdin = _encode(payload)
         secrets = secret_values(command, payload)
@@ -288,11 +292,15 @@ def _check_media_type(headers: list[tuple[bytes, bytes]]) -> None:
         raise UnsupportedMediaType(f"The request body must be sent as Content-Type application/json, got {shown}.")
 
 
-async def _read_json_object(headers: list[tuple[bytes, bytes]], receive: Receive, limit: int) -> dict[str, Any]:
+async def _read_json_object(
+    headers: list[tuple[bytes, bytes]], receive: Receive, limit: int, held: BodyHold
+) -> dict[str, Any]:
     declared = _header(headers, b"content-length")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    raw = await _read_body(receive, limit)
+    if declared.isascii() and declared.isdigit():
+        if int(declared) > limit:
+            raise _too_large(limit)
+        held.cover(int(declared))
+    raw = await _read_body(receive, limit, held)
 
     try:
         text = raw.decode("utf-8")
@@ -313,7 +321,7 @@ async def _read_json_object(headers: list[tuple[bytes, bytes]], receive: Receive
     return body
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int, held: BodyHold) -> bytes:
     message = await receive()
     if message["type"] == "http.disconnect":
         raise CallerGone()
@@ -321,8 +329,10 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     if not message.get("more_body", False):  # the whole body in one message: nearly every request
         if len(raw) > limit:
             raise _too_large(limit)
+        held.cover(len(raw))
         return raw
     chunks = bytearray(raw)
+    held.cover(len(chunks))
     while message.get("more_body", False):
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -330,6 +340,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunks += message.get("body", b"")
         if len(chunks) > limit:
             raise _too_large(limit)
+        held.cover(len(chunks))
     return bytes(chunks)
 
 
