@@ -203,6 +203,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404 and path.startswith("/v1/do/"):
         return await request_error(request, not_found(path.removeprefix(PREFIX)))
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    request.state.error_code = code
     body = {"command_response": {}, "error": {"error_code": code, "message": exc.detail}}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 

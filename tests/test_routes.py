@@ -158,11 +158,23 @@ def test_a_body_over_the_limit_is_a_413(protocol: Protocol) -> None:
         }
 
 
-def test_wrong_method_answers_in_the_protocol_shape(client: TestClient) -> None:
-    response = client.get("/v1/do/fake/Echo")
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code", "message"),
+    [
+        ("GET", "/v1/do/fake/Echo", 405, "method_not_allowed", "Method Not Allowed"),
+        ("POST", "/v1/commands", 405, "method_not_allowed", "Method Not Allowed"),
+        ("POST", "/v1/do", 404, "not_found", "Not Found"),
+        ("GET", "/v2/commands", 404, "not_found", "Not Found"),
+    ],
+)
+def test_a_route_that_does_not_exist_answers_in_the_protocol_shape(
+    client: TestClient, protocol: Protocol, method: str, path: str, status: int, code: str, message: str
+) -> None:
+    response = client.request(method, path)
 
-    assert response.status_code == 405
-    assert response.json()["error"]["error_code"] == "method_not_allowed"
+    assert response.status_code == status
+    protocol.validate_answer(status, response.json())
+    assert response.json()["error"] == {"error_code": code, "message": message}
 
 
 class TestApiKey:
