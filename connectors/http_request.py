@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import math
 import os
 import socket
 import ssl
@@ -637,7 +638,7 @@ def answer_body(response: Response) -> Any:
     mimetype, charset = _content_type(response.headers)
     if response.body and (mimetype == "application/json" or mimetype.endswith("+json")):
         try:
-            return json.loads(response.body, parse_constant=_refuse_constant)
+            return json.loads(response.body, parse_constant=_refuse_constant, parse_float=_finite_float)
         except (ValueError, RecursionError):
             pass
     elif response.body and (mimetype in ("application/xml", "text/xml") or mimetype.endswith("+xml")):
@@ -661,6 +662,13 @@ def _content_type(headers: dict[str, str]) -> tuple[str, str]:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN and Infinity would make the envelope invalid JSON
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # past a float's range, such as 1e400: it would become Infinity
+        raise ValueError(f"{text} is too large for a float")
+    return number
 
 
 def _text(body: bytes, charset: str) -> str:

@@ -129,3 +129,47 @@ class Slot:
         self.admission.gateway.release()
         if self.own is not None:
             self.own.release()
+
+
+class BodyBudget:
+    """How many bytes of request bodies the gateway holds at once, from the first byte read to the answer.
+
+    Each body is bounded by itself, yet a crowd of large ones would hold their sum in memory: past
+    the budget a request is refused with 429 before its body is read. A request alone is never
+    refused, so the budget cannot turn away a body that the size limit allows.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def hold(self) -> BodyHold:
+        return BodyHold(self)
+
+
+class BodyHold:
+    """One request's share of the `BodyBudget`: grown as its body arrives, given back once it is answered."""
+
+    __slots__ = ("budget", "size")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def cover(self, size: int) -> None:
+        """Hold `size` bytes in all, or raise `Saturated` when others hold so much that it would pass the budget."""
+        budget = self.budget
+        if size <= self.size:
+            return
+        others = budget.held - self.size
+        if others > 0 and others + size > budget.limit:
+            raise Saturated(
+                f"The gateway is busy: the bodies of other requests take {others} bytes, and this one would pass "
+                f"the limit of {budget.limit} bytes held at once. Try again shortly."
+            )
+        budget.held += size - self.size
+        self.size = size
+
+    def release(self) -> None:
+        self.budget.held -= self.size
+        self.size = 0

@@ -26,8 +26,8 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway import envelope
-from gateway.admission import Admission
-from gateway.dispatch import PREFIX, Dispatcher, not_found, send_json
+from gateway.admission import Admission, BodyBudget
+from gateway.dispatch import PREFIX, Dispatcher, cut, not_found, send_json
 from gateway.errors import InternalError, RequestError, Saturated
 from gateway.logs import AccessLog, configure_logging
 from gateway.metrics import NO_COMMAND, NO_ERROR, RequestMetrics, process_gauges, render
@@ -90,6 +90,7 @@ def create_app(
     app.state.runner = Runner(settings.limits, environ)
     app.state.pools = Pools(settings.limits, environ)
     app.state.admission = Admission(settings.admission)
+    app.state.bodies = BodyBudget(settings.max_buffered_body_bytes)
     app.api_key = settings.api_key.encode() if settings.api_key is not None else None
     app.metrics_need_key = settings.metrics_need_key
     app.dispatcher = Dispatcher(app.state)
@@ -213,6 +214,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404 and path.startswith("/v1/do/"):
         return await request_error(request, not_found(path.removeprefix(PREFIX)))
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+    request.state.error_code = code
     body = {"command_response": {}, "error": {"error_code": code, "message": exc.detail}}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
@@ -220,7 +222,8 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def internal_error(request: Request, exc: Exception) -> Response:
     """An unexpected fault still gets an answer Arena can read; the server logs the traceback."""
     request_id = request.scope.get("state", {}).get("request_id", "-")
-    logger.error("[%s] internal error on %s %s: %r", request_id, request.method, request.url.path, exc)
+    request.state.error_code = InternalError.code
+    logger.error("[%s] internal error on %s %s: %r", request_id, request.method, _printable(cut(request.url.path)), exc)
     return JSONResponse(envelope.protocol_error(_internal_error(request_id)), status_code=500)
 
 
@@ -291,7 +294,8 @@ class Gateway(Starlette):
             state["status"] = await self.dispatcher(scope, receive, send, [id_header])
         except Exception as exc:
             state["status"] = 500
-            logger.error("[%s] internal error on POST %s: %r", state["request_id"], _printable(scope["path"]), exc)
+            state["error_code"] = InternalError.code
+            logger.error("[%s] internal error on POST %s: %r", state["request_id"], _printable(cut(scope["path"])), exc)
             body = envelope.encode(envelope.protocol_error(_internal_error(state["request_id"])))
             with contextlib.suppress(Exception):  # the answer may have been started already
                 await send_json(send, 500, body, [id_header])
@@ -351,13 +355,37 @@ _API_KEY_NAME = API_KEY_HEADER.lower().encode("latin-1")
 
 
 def _key_matches(scope: Scope, api_key: bytes) -> bool:
-    """Arena's shared secret, sent once in its header, or as the password of HTTP Basic auth (browsers)."""
+    """Arena's shared secret, sent once in its header; from a browser, on its routes, as an HTTP Basic password."""
     sent = [value for name, value in scope["headers"] if name.lower() == _API_KEY_NAME]
-    if not sent:
+    if not sent and _takes_basic(scope):
         sent = [
-            password for name, value in scope["headers"] if name == b"authorization" and (password := _basic(value))
+            password
+            for name, value in scope["headers"]
+            if name.lower() == b"authorization" and (password := _basic(value))
         ]
     return len(sent) == 1 and hmac.compare_digest(sent[0], api_key)
+
+
+def _takes_basic(scope: Scope) -> bool:
+    """Whether the key may come as a Basic password: on the browsers' pages, and from the status page's form.
+
+    The form posts to /v1/do with the credentials the browser signed in with, and browsers send
+    `Origin` on every POST, and `Sec-Fetch-Site` where they can: a same-origin request is the page's.
+    (Another site's page cannot send JSON here at all without a CORS preflight the gateway never grants.)
+    """
+    path: str = scope["path"]
+    if path in _FOR_BROWSERS:
+        return True
+    if scope["method"] != "POST" or not path.startswith(PREFIX):
+        return False
+    origin = site = None
+    for name, value in scope["headers"]:
+        lowered = name.lower()
+        if lowered == b"origin":
+            origin = value
+        elif lowered == b"sec-fetch-site":
+            site = value
+    return origin is not None and site in (None, b"same-origin")
 
 
 def _basic(authorization: bytes) -> bytes | None:
@@ -394,9 +422,9 @@ def _log_access(scope: Scope, state: dict[str, Any], status: int, elapsed: float
     access_log.write(
         state["request_id"],
         scope["method"],
-        _printable(scope["path"]),
+        _printable(cut(scope["path"])),
         status,
-        _printable(state.get("command", "-")),
+        _printable(cut(state.get("command", "-"))),
         state.get("error_code", "-"),
         elapsed * 1000,
     )

@@ -11,12 +11,15 @@ import asyncio
 import functools
 import json
 import logging
+import math
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import unquote
 
 from starlette.types import Receive, Scope, Send
 
 from gateway import envelope
+from gateway.admission import BodyHold
 from gateway.errors import (
     BodyTooLarge,
     CommandNotFound,
@@ -44,6 +47,8 @@ logger = logging.getLogger("gateway")
 PREFIX = "/v1/do/"
 # How long a run goes before its caller is watched for a hang-up (see `HangUps`).
 WATCH_AFTER = 0.05
+# Command names from callers are cut to this many characters in messages and log lines.
+SHOWN_NAME = 200
 
 _T = TypeVar("_T")
 _JSON_HEADER = (b"content-type", b"application/json")
@@ -67,8 +72,9 @@ class Dispatcher:
         `headers` go on the answer; `scope["state"]` receives `command` and `error_code` for the access log.
         """
         state: dict[str, Any] = scope["state"]
+        held = self.state.bodies.hold()
         try:
-            body = await self._run(scope, receive, state)
+            body = await self._run(scope, receive, state, held)
         except RequestError as error:
             state["error_code"] = error.code
             if isinstance(error, Saturated):
@@ -78,14 +84,16 @@ class Dispatcher:
         except CallerGone:
             state["error_code"] = "caller_gone"
             return 499  # nobody to send it to; the access log shows it, as nginx's 499 does
+        finally:
+            held.release()
         await send_json(send, 200, body, headers)
         return 200
 
-    async def _run(self, scope: Scope, receive: Receive, state: dict[str, Any]) -> bytes:
+    async def _run(self, scope: Scope, receive: Receive, state: dict[str, Any], held: BodyHold) -> bytes:
         registry: Registry = self.state.registry
         settings: Settings = self.state.settings
         request_id: str = state["request_id"]
-        asked: str = scope["path"][len(PREFIX) :]
+        asked = _asked(scope)
         connector, _, name = asked.partition("/")
         well_formed = connector != "" and name != "" and "/" not in name
         if well_formed:
@@ -97,21 +105,29 @@ class Dispatcher:
             raise not_found(asked)
         state["command_id"] = command.id
         _check_media_type(scope["headers"])
-        body = await _read_json_object(scope["headers"], receive, settings.max_body_bytes)
+        body = await _read_json_object(scope["headers"], receive, settings.max_body_bytes, held)
         payload = prepare_payload(command, body)
         stdin = _encode(payload)
         secrets = secret_values(command, payload)
         redact = Redactor([*command.secret_values, *secrets]) if secrets else command.redact
 
-        async with self.state.admission.slot(command):
-            answer = await self.hang_ups.run(receive, self._execute(command, stdin, redact, state))
+        # The caller is watched from here on: one that hangs up while queued for a slot is never run.
+        answer = await self.hang_ups.run(receive, self._execute(command, stdin, redact, state))
         if answer is None:
-            logger.info("[%s] %s: the caller went away; its connector was stopped", request_id, command.id)
+            if state.get("running"):
+                logger.info("[%s] %s: the caller went away; its connector was stopped", request_id, command.id)
+            else:
+                logger.info("[%s] %s: the caller went away while queued; nothing was run", request_id, command.id)
             raise CallerGone()
         return answer
 
     async def _execute(self, command: Command, stdin: bytes, redact: Redactor, state: dict[str, Any]) -> bytes:
-        """Run the command and shape its outcome, success or failure, as an encoded version 2 envelope."""
+        """Wait for a run slot, run the command and shape its outcome, success or failure, as an encoded envelope."""
+        async with self.state.admission.slot(command):
+            state["running"] = True
+            return await self._outcome(command, stdin, redact, state)
+
+    async def _outcome(self, command: Command, stdin: bytes, redact: Redactor, state: dict[str, Any]) -> bytes:
         try:
             answer, logs = await self._dispatch(command, stdin, redact, state["request_id"])
             encoded = _encode_answer(answer, command.id, logs)
@@ -140,7 +156,26 @@ class Dispatcher:
 
 
 def not_found(command_id: str) -> CommandNotFound:
-    return CommandNotFound(f"No command '{command_id}' is served here; GET /v1/commands lists the commands.")
+    return CommandNotFound(f"No command '{cut(command_id)}' is served here; GET /v1/commands lists the commands.")
+
+
+def cut(name: str) -> str:
+    """A name from the caller, cut to `SHOWN_NAME` characters for messages and logs."""
+    return name if len(name) <= SHOWN_NAME else name[:SHOWN_NAME] + "…"
+
+
+def _asked(scope: Scope) -> str:
+    """The `{connector}/{command}` part of the path, decoded.
+
+    Only a slash as sent separates the two: an encoded one (`%2F`) is part of a name, so it is
+    shown as sent, and no command has such a name.
+    """
+    path: str = scope["path"]
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None or b"%" not in raw or b"%2f" not in raw.lower():
+        return path[len(PREFIX) :]
+    segments = (unquote(segment).replace("/", "%2F") for segment in raw.decode("latin-1").split("/"))
+    return "/".join(segments).removeprefix(PREFIX)
 
 
 async def send_json(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -154,15 +189,23 @@ def _encode_answer(answer: dict[str, Any], command_id: str, logs: list[str]) -> 
     # deeper than the encoder recurses or holding a lone surrogate escape, and that is its fault.
     try:
         return envelope.encode(answer)
-    except (RecursionError, UnicodeEncodeError) as exc:
-        reason = "it nests too deeply" if isinstance(exc, RecursionError) else "it holds a lone surrogate escape"
+    except (RecursionError, UnicodeEncodeError, ValueError) as exc:
         raise InvalidOutput(
-            f"The connector for '{command_id}' printed JSON that cannot be sent on: {reason}.", logs
+            f"The connector for '{command_id}' printed JSON that cannot be sent on: {_unencodable(exc)}.", logs
         ) from None
 
 
+def _unencodable(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "it nests too deeply"
+    if isinstance(exc, UnicodeEncodeError):  # a ValueError too
+        return "it holds a lone surrogate escape"
+    # The encoder refuses what the decoder made of a number past a float's range.
+    return "it holds a number too large for a double-precision float (such as 1e400)"
+
+
 class HangUps:
-    """Cancels the runs whose callers hung up.
+    """Cancels the runs whose callers hung up, also while they wait for a run slot.
 
     Watching a caller costs a task, and most runs end within milliseconds: so a run is watched
     only once it has lasted `WATCH_AFTER` (up to twice that), all by one timer. A hang-up before
@@ -249,11 +292,15 @@ def _check_media_type(headers: list[tuple[bytes, bytes]]) -> None:
         raise UnsupportedMediaType(f"The request body must be sent as Content-Type application/json, got {shown}.")
 
 
-async def _read_json_object(headers: list[tuple[bytes, bytes]], receive: Receive, limit: int) -> dict[str, Any]:
+async def _read_json_object(
+    headers: list[tuple[bytes, bytes]], receive: Receive, limit: int, held: BodyHold
+) -> dict[str, Any]:
     declared = _header(headers, b"content-length")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    raw = await _read_body(receive, limit)
+    if declared.isascii() and declared.isdigit():
+        if int(declared) > limit:
+            raise _too_large(limit)
+        held.cover(int(declared))
+    raw = await _read_body(receive, limit, held)
 
     try:
         text = raw.decode("utf-8")
@@ -263,6 +310,10 @@ async def _read_json_object(headers: list[tuple[bytes, bytes]], receive: Receive
         body = _BODY_DECODER.decode(text)
     except RecursionError:
         raise InvalidBody("The request body is nested too deeply.") from None
+    except NotFinite:
+        raise InvalidBody(
+            "The request body holds a number too large for a double-precision float (such as 1e400)."
+        ) from None
     except ValueError as exc:
         raise InvalidBody(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
@@ -270,7 +321,7 @@ async def _read_json_object(headers: list[tuple[bytes, bytes]], receive: Receive
     return body
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(receive: Receive, limit: int, held: BodyHold) -> bytes:
     message = await receive()
     if message["type"] == "http.disconnect":
         raise CallerGone()
@@ -278,8 +329,10 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
     if not message.get("more_body", False):  # the whole body in one message: nearly every request
         if len(raw) > limit:
             raise _too_large(limit)
+        held.cover(len(raw))
         return raw
     chunks = bytearray(raw)
+    held.cover(len(chunks))
     while message.get("more_body", False):
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -287,6 +340,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunks += message.get("body", b"")
         if len(chunks) > limit:
             raise _too_large(limit)
+        held.cover(len(chunks))
     return bytes(chunks)
 
 
@@ -302,4 +356,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-_BODY_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+class NotFinite(ValueError):
+    """A JSON number past the range of a float: it would be decoded as infinity, which JSON cannot send on."""
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise NotFinite(text)
+    return number
+
+
+_BODY_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)

@@ -39,6 +39,8 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
     default_timeout: float = 30.0
     max_body_bytes: int = 32 * 1024 * 1024
+    # Request body bytes held at once, gateway-wide: four bodies of the largest size by default.
+    max_buffered_body_bytes: int = 4 * 32 * 1024 * 1024
     limits: Limits = field(default_factory=Limits)
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     # How long in-flight requests may go on after SIGTERM before they are cancelled.
@@ -64,6 +66,7 @@ class Settings:
             values["manifest_dirs"] = tuple(Path(part) for part in manifests.split(os.pathsep) if part)
         values["default_timeout"] = reader.number("TIMEOUT")
         values["max_body_bytes"] = reader.integer("MAX_BODY_BYTES", 1, None)
+        values["max_buffered_body_bytes"] = reader.integer("MAX_BUFFERED_BODY_BYTES", 1, None)
         values["log_level"] = reader.text("LOG_LEVEL")
         values["log_format"] = reader.choice("LOG_FORMAT", ("text", "json"))
         values["metrics_need_key"] = reader.flag("METRICS_NEED_KEY")
@@ -83,6 +86,11 @@ class Settings:
                 raise SettingsError(
                     f"{API_KEY_VARIABLE} is set but empty. Set it to the key Arena sends, "
                     "or unset it to serve without a key."
+                )
+            if api_key != api_key.strip():
+                raise SettingsError(
+                    f"{API_KEY_VARIABLE} begins or ends with whitespace, which HTTP strips from header values: "
+                    "no request could ever match it. Remove the whitespace, here and in Arena's setting."
                 )
             values["api_key"] = api_key
 
@@ -106,6 +114,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "MANIFESTS": os.pathsep.join(str(directory) for directory in settings.manifest_dirs),
         ENV_PREFIX + "TIMEOUT": repr(settings.default_timeout),
         ENV_PREFIX + "MAX_BODY_BYTES": str(settings.max_body_bytes),
+        ENV_PREFIX + "MAX_BUFFERED_BODY_BYTES": str(settings.max_buffered_body_bytes),
         ENV_PREFIX + "MAX_STDOUT_BYTES": str(settings.limits.max_stdout_bytes),
         ENV_PREFIX + "MAX_RUNNING": str(settings.admission.max_running),
         ENV_PREFIX + "MAX_WAITING": str(settings.admission.max_waiting),

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+from starlette.types import Message
 
 from conftest import Protocol, make_settings
 from gateway import create_app
 from gateway.admission import AdmissionLimits, Slots
 from gateway.errors import Saturated
+from gateway.settings import Settings
+from serving import children, free_port, wait_for, wait_until_live
 
 FAKE = Path(__file__).parent / "connectors" / "fake.py"
 
@@ -104,3 +115,150 @@ def test_a_queued_request_runs_once_a_slot_frees(tmp_path: Path) -> None:
 
     assert [response.status_code for response in responses] == [200, 200]
     assert app.state.runner.spawned == 2
+
+
+# A gateway-wide budget of request body bytes held at once
+
+
+async def post(app: Any, receive: Callable[[], Awaitable[Message]], length: int) -> tuple[int, dict[str, str], Any]:
+    """One POST to one/Sleep straight into the app, its body given by `receive`: status, headers and JSON."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "server": ("127.0.0.1", 7004),
+        "client": ("127.0.0.1", 50000),
+        "root_path": "",
+        "path": "/v1/do/one/Sleep",
+        "raw_path": b"/v1/do/one/Sleep",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(length).encode())],
+    }
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    headers = {name.decode(): value.decode() for name, value in sent[0]["headers"]}
+    return sent[0]["status"], headers, json.loads(b"".join(message.get("body", b"") for message in sent[1:]))
+
+
+def whole(body: bytes) -> Callable[[], Awaitable[Message]]:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def test_bodies_past_the_budget_held_at_once_are_refused_with_429(tmp_path: Path, protocol: Protocol) -> None:
+    app = create_app(
+        make_settings(manifest_dirs=(sleeper(tmp_path),), max_body_bytes=1000, max_buffered_body_bytes=1500)
+    )
+    body = json.dumps({"seconds": 0, "pad": "x" * 880}).encode()
+
+    async def scenario() -> list[tuple[int, dict[str, str], Any]]:
+        halfway, rest = asyncio.Event(), asyncio.Event()
+        parts = [body[:100], body[100:]]
+
+        async def slowly() -> Message:  # the first caller sends half its body, then waits
+            if len(parts) == 2:
+                halfway.set()
+                return {"type": "http.request", "body": parts.pop(0), "more_body": True}
+            await rest.wait()
+            return {"type": "http.request", "body": parts.pop(0), "more_body": False}
+
+        first = asyncio.ensure_future(post(app, slowly, len(body)))
+        await asyncio.wait_for(halfway.wait(), 10)
+        refused = await post(app, whole(body), len(body))
+        rest.set()
+        answered = await first
+        then = await post(app, whole(body), len(body))  # its turn, once the first is answered
+        return [answered, refused, then]
+
+    answered, refused, then = asyncio.run(scenario())
+
+    assert answered[0] == then[0] == 200
+    status, headers, answer = refused
+    assert status == 429
+    assert headers["retry-after"] == "1"
+    protocol.validate_answer(429, answer)
+    assert answer["error"] == {
+        "error_code": "too_many_requests",
+        "message": f"The gateway is busy: the bodies of other requests take {len(body)} bytes, and this one would "
+        "pass the limit of 1500 bytes held at once. Try again shortly.",
+    }
+    assert app.state.runner.spawned == 2
+    assert app.state.bodies.held == 0
+
+
+def test_a_body_alone_is_never_refused_by_the_budget(tmp_path: Path) -> None:
+    app = create_app(make_settings(manifest_dirs=(sleeper(tmp_path),), max_body_bytes=1000, max_buffered_body_bytes=10))
+    body = json.dumps({"seconds": 0, "pad": "x" * 880}).encode()
+
+    status, _, answer = asyncio.run(post(app, whole(body), len(body)))
+
+    assert status == 200, answer
+    assert app.state.bodies.held == 0
+
+
+def test_the_budget_is_four_bodies_of_the_largest_size_unless_set() -> None:
+    assert Settings.from_env({}).max_buffered_body_bytes == 4 * Settings.from_env({}).max_body_bytes
+    assert Settings.from_env({"CONNECTOR_GATEWAY_MAX_BUFFERED_BODY_BYTES": "5000"}).max_buffered_body_bytes == 5000
+
+
+# A caller that hangs up while queued for a slot
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def send_sleep(port: int, seconds: float) -> socket.socket:
+    body = json.dumps({"seconds": seconds}).encode()
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    connection.sendall(
+        b"POST /v1/do/one/Sleep HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return connection
+
+
+def test_a_caller_that_hangs_up_while_queued_is_never_run(tmp_path: Path) -> None:
+    manifests = sleeper(tmp_path, ", concurrency: 1, queue: 4, timeout: 30")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--manifests", str(manifests)],
+        env={**os.environ, "CONNECTOR_GATEWAY_MAX_WAIT": "60"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until_live(port, process)
+        running = send_sleep(port, 20)
+        wait_for(lambda: len(children(process.pid)) == 1, 10, "the first run's start")
+        queued = send_sleep(port, 0)
+        wait_for(lambda: metric(port, "connector_gateway_requests_queued") == 1, 10, "the second request's wait")
+
+        queued.close()
+
+        # While the first still runs, the second leaves the queue: its caller is gone.
+        wait_for(lambda: metric(port, "connector_gateway_requests_queued") == 0, 10, "the second request's end")
+        assert metric(port, "connector_gateway_runs_in_progress") == 1
+        running.close()
+        wait_for(lambda: metric(port, "connector_gateway_runs_in_progress") == 0, 10, "the first run's end")
+        assert metric(port, 'connector_gateway_processes_spawned_total{mode="spawn"}') == 1
+    finally:
+        process.terminate()
+        log, _ = process.communicate(timeout=30)
+
+    assert "one/Sleep: the caller went away while queued; nothing was run" in log
+    assert "one/Sleep: the caller went away; its connector was stopped" in log
+    assert log.count("POST /v1/do/one/Sleep 499 command=one/Sleep error=caller_gone") == 2

@@ -516,6 +516,12 @@ raw_rests = st.lists(segments, min_size=1, max_size=4).map("/".join) | st.lists(
 )
 
 
+def shown(rest: str) -> str:
+    """A command path as messages and logs show it: decoded, an encoded slash kept as `%2F`, cut at 200 characters."""
+    decoded = "/".join(unquote(segment).replace("/", "%2F") for segment in rest.split("/"))
+    return decoded if len(decoded) <= 200 else decoded[:200] + "…"
+
+
 @seed(SEED)
 @PROPERTY
 @given(rest=raw_rests)
@@ -523,14 +529,35 @@ def test_odd_command_paths_are_a_404(plain: Gateway, make_caller: Callable[[Gate
     caller = make_caller(plain)
     decoded = unquote(rest)
     connector, _, name = decoded.partition("/")
-    # A path that decodes to a served command is that command (%45cho is Echo); encoded slashes aside, see below.
-    assume("/" in name or plain.app.state.registry.find(connector, name) is None)
+    # A path that decodes to a served command is that command (%45cho is Echo), unless a slash in it was encoded.
+    encoded_slash = "%2f" in rest.lower()
+    assume(encoded_slash or "/" in name or plain.app.state.registry.find(connector, name) is None)
     assume("\n" not in decoded)  # a known gap, pinned below
 
     answer = caller.send_raw(f"/v1/do/{rest}".encode(), [(b"content-type", b"application/json")])
 
     message = caller.check_refused(answer, 404, "command_not_found")
-    assert message == f"No command '{decoded}' {NOT_SERVED}"
+    assert message == f"No command '{shown(rest)}' {NOT_SERVED}"
+
+
+@pytest.mark.parametrize("rest", ["fake%2FEcho", "fake%2fEcho", "fake/Echo%2F", "%66ake%2F%45cho", "fake/%2FEcho"])
+def test_an_encoded_slash_never_reaches_a_command(fresh: Caller, rest: str) -> None:
+    answer = fresh.send_raw(f"/v1/do/{rest}".encode(), [(b"content-type", b"application/json")])
+
+    message = fresh.check_refused(answer, 404, "command_not_found")
+    assert message == f"No command '{shown(rest)}' {NOT_SERVED}"
+    assert "%2F" in message
+
+
+def test_a_long_command_name_is_cut_in_the_message_and_the_access_line(fresh: Caller) -> None:
+    name = "Echo" * 5000
+
+    answer = fresh.send_raw(f"/v1/do/fake/{name}".encode(), [(b"content-type", b"application/json")])
+
+    message = fresh.check_refused(answer, 404, "command_not_found")
+    assert message == f"No command 'fake/{name[:195]}…' {NOT_SERVED}"
+    (line,) = [record.getMessage() for record in fresh.caplog.records if record.name == "gateway.access"]
+    assert f" /v1/do/fake/{name[:188]}… 404 command=fake/{name[:195]}… error=command_not_found " in line
 
 
 # 9. The API key: missing, wrong or repeated is refused; the right key under any spelling of the header is not
@@ -596,6 +623,54 @@ def test_the_right_key_under_any_case_of_the_header_is_accepted(
 
     message = caller.check_refused(answer, 400, "missing_parameter")
     assert message == "Command 'fake/Echo' is missing the required parameter 'text'."
+
+
+# 10. Numbers no JSON encoder can send on: literals past a float's range, NaN and Infinity
+# (the strategies above make only finite numbers, as json.dumps would write the others as these literals)
+
+TOO_LARGE = "The request body holds a number too large for a double-precision float (such as 1e400)."
+non_finite_literals = st.one_of(
+    st.sampled_from(["1e400", "-1e400", "1E+309", "2e308", "-9.9e999", "1" + "0" * 400 + ".0"]).map(
+        lambda literal: (literal, TOO_LARGE)
+    ),
+    st.sampled_from(["NaN", "Infinity", "-Infinity"]).map(
+        lambda literal: (literal, f"The request body is not valid JSON: {literal} is not a JSON value.")
+    ),
+)
+MARK = "\x00literal\x00"
+
+
+@st.composite
+def bodies_with_a_literal(draw: st.DrawFn) -> tuple[bytes, str]:
+    literal, message = draw(non_finite_literals)
+    value = draw(json_values)
+    where = draw(st.sampled_from(["parameter", "inside any", "task data", "undeclared key"]))
+    body: dict[str, Any] = {"text": "x"}
+    if where == "parameter":
+        body["count"] = MARK
+    elif where == "inside any":
+        body["extra"] = {"kept": value, "list": [value, MARK]}
+    elif where == "task data":
+        body["spiff__task_data"] = {"order": {"total": MARK, "lines": value}}
+    else:
+        body[draw(st.text(max_size=6))] = MARK
+    text = json.dumps(body, indent=draw(st.sampled_from([None, 2]))).replace(json.dumps(MARK), literal)
+    return text.encode(), message
+
+
+@seed(SEED)
+@settings(PROPERTY, max_examples=100)
+@given(case=bodies_with_a_literal())
+def test_numbers_json_cannot_carry_are_an_invalid_body(
+    plain: Gateway, make_caller: Callable[[Gateway], Caller], case: tuple[bytes, str]
+) -> None:
+    caller = make_caller(plain)
+    body, expected = case
+
+    answer = caller.post("/v1/do/fake/Echo", body, JSON_TYPE)
+
+    message = caller.check_refused(answer, 400, "invalid_body")
+    assert message == expected
 
 
 # Edge cases found by the properties above, pinned one by one. Each gets an app of its own: some start a process.

@@ -218,6 +218,26 @@ def test_a_lone_surrogate_in_an_answer_is_refused(client: TestClient, protocol: 
     )
 
 
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        '{"a": 1e400}',
+        "[-1e400]",
+        '{"command_response": {"body": {"total": 2e308}, "mimetype": "text/csv"}, "command_response_version": 2}',
+    ],
+)
+def test_a_number_past_a_floats_range_in_an_answer_is_refused(
+    client: TestClient, protocol: Protocol, stdout: str
+) -> None:
+    answer = do(client, protocol, "Emit", {"stdout": stdout})
+
+    message = assert_failed(answer, "connector_invalid_output", 502)
+    assert message == (
+        "The connector for 'fake/Emit' printed JSON that cannot be sent on: "
+        "it holds a number too large for a double-precision float (such as 1e400)."
+    )
+
+
 def test_invalid_utf8_is_replaced(client: TestClient, protocol: Protocol) -> None:
     answer = do(client, protocol, "Binary", {})
 

@@ -161,6 +161,8 @@ class UpstreamHandler(Handler):
             return Reply(body=b"<open><unclosed></open>", content_type="application/xml")
         if route == "/broken-json":
             return Reply(body=b"{not json", content_type="application/json")
+        if route == "/huge-number":  # valid JSON, but past a float's range: no JSON encoder can send it on
+            return Reply(body=b'{"a": 1e400}', content_type="application/json")
         if route == "/text":
             return Reply(body="Grüße, plain text".encode(), content_type="text/plain; charset=utf-8")
         if route == "/missing":
@@ -451,6 +453,7 @@ def test_xml_with_a_doctype_is_refused_without_expanding_it(connector: Connector
         ("/text", "Grüße, plain text"),
         ("/broken-xml", "<open><unclosed></open>"),
         ("/broken-json", "{not json"),
+        ("/huge-number", '{"a": 1e400}'),
     ],
 )
 def test_other_bodies_are_answered_as_raw_response(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from starlette.testclient import TestClient
 
 from conftest import Protocol, make_settings
 from gateway import create_app
+from gateway.settings import Settings, SettingsError
 
 
 @pytest.mark.parametrize("path", ["/liveness", "/v1/liveness"])
@@ -72,7 +74,16 @@ def test_auth_route_for_an_unknown_handler(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/v1/do/fake/Nope", "/v1/do/nope/Echo", "/v1/do/fake", "/v1/do/fake/Echo/extra", "/v1/do/a%2Fb/Echo"]
+    "path",
+    [
+        "/v1/do/fake/Nope",
+        "/v1/do/nope/Echo",
+        "/v1/do/fake",
+        "/v1/do/fake/Echo/extra",
+        "/v1/do/a%2Fb/Echo",
+        "/v1/do/fake%2FEcho",
+        "/v1/do/",
+    ],
 )
 def test_unknown_command_is_a_404_in_the_protocol_shape(client: TestClient, protocol: Protocol, path: str) -> None:
     response = client.post(path, json={})
@@ -104,6 +115,11 @@ def test_unknown_command_message_names_it(client: TestClient) -> None:
         (b"null", "The request body must be a JSON object of parameters, got null."),
         (b"3", "The request body must be a JSON object of parameters, got a number."),
         (b'{"a": NaN}', "The request body is not valid JSON: NaN is not a JSON value."),
+        (b'{"a": -Infinity}', "The request body is not valid JSON: -Infinity is not a JSON value."),
+        (
+            b'{"text": "a", "extra": 1e400}',
+            "The request body holds a number too large for a double-precision float (such as 1e400).",
+        ),
         (b'{"text": "x"', "The request body is not valid JSON: Expecting ',' delimiter: line 1 column 13 (char 12)."),
         (b"", "The request body is not valid JSON: Expecting value: line 1 column 1 (char 0)."),
         (b'{"a": "\xff"}', "The request body is not UTF-8 text (invalid byte at position 7)."),
@@ -142,11 +158,23 @@ def test_a_body_over_the_limit_is_a_413(protocol: Protocol) -> None:
         }
 
 
-def test_wrong_method_answers_in_the_protocol_shape(client: TestClient) -> None:
-    response = client.get("/v1/do/fake/Echo")
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code", "message"),
+    [
+        ("GET", "/v1/do/fake/Echo", 405, "method_not_allowed", "Method Not Allowed"),
+        ("POST", "/v1/commands", 405, "method_not_allowed", "Method Not Allowed"),
+        ("POST", "/v1/do", 404, "not_found", "Not Found"),
+        ("GET", "/v2/commands", 404, "not_found", "Not Found"),
+    ],
+)
+def test_a_route_that_does_not_exist_answers_in_the_protocol_shape(
+    client: TestClient, protocol: Protocol, method: str, path: str, status: int, code: str, message: str
+) -> None:
+    response = client.request(method, path)
 
-    assert response.status_code == 405
-    assert response.json()["error"]["error_code"] == "method_not_allowed"
+    assert response.status_code == status
+    protocol.validate_answer(status, response.json())
+    assert response.json()["error"] == {"error_code": code, "message": message}
 
 
 class TestApiKey:
@@ -184,6 +212,58 @@ class TestApiKey:
     def test_the_browser_auth_route_is_not_gated(self, keyed: TestClient) -> None:
         assert keyed.get("/v1/auth/fake/OAuth").status_code == 501
 
+    @pytest.mark.parametrize(
+        ("method", "path"), [("GET", "/v1/commands"), ("GET", "/v1/auths"), ("POST", "/v1/do/fake/Echo")]
+    )
+    def test_arena_routes_take_the_key_only_in_its_header(self, keyed: TestClient, method: str, path: str) -> None:
+        basic = keyed.request(method, path, auth=("anyone", self.KEY), json={"text": "x"})
+
+        assert basic.status_code == 401
+        assert basic.json() == {"error": "Unauthorized"}
+        assert "www-authenticate" not in basic.headers  # no browser prompt: these routes are for Arena
+
+    @pytest.mark.parametrize("path", ["/", "/openapi.json"])
+    def test_the_browsers_pages_take_the_key_as_a_basic_password(self, keyed: TestClient, path: str) -> None:
+        assert keyed.get(path, auth=("anyone", self.KEY)).status_code == 200
+        assert keyed.get(path, auth=("anyone", "wrong")).status_code == 401
+
+    @pytest.mark.parametrize(
+        "browser_headers",
+        [
+            {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},
+            {"Origin": "http://testserver"},  # plain http beyond loopback: browsers send no Sec-Fetch-* there
+        ],
+    )
+    def test_the_status_page_form_runs_with_the_browsers_basic_password(
+        self, keyed: TestClient, browser_headers: dict[str, str]
+    ) -> None:
+        response = keyed.post(
+            "/v1/do/fake/Echo", auth=("anyone", self.KEY), json={"text": "x"}, headers=browser_headers
+        )
+
+        assert response.status_code == 200
+        assert response.json()["command_response"]["body"] == {"text": "x", "count": 1}
+
+    @pytest.mark.parametrize("site", ["cross-site", "same-site", "none"])
+    def test_another_sites_page_cannot_run_a_command_with_the_browsers_password(
+        self, keyed: TestClient, site: str
+    ) -> None:
+        headers = {"Origin": "http://elsewhere.example", "Sec-Fetch-Site": site}
+
+        response = keyed.post("/v1/do/fake/Echo", auth=("anyone", self.KEY), json={"text": "x"}, headers=headers)
+
+        assert response.status_code == 401
+
+    @pytest.mark.parametrize("key", [" k3y", "k3y ", "k3y\t", "\tk3y\n"])
+    def test_a_key_with_whitespace_around_it_is_refused_at_start_up(self, key: str) -> None:
+        with pytest.raises(SettingsError) as refused:
+            Settings.from_env({"CONNECTOR_PROXY_API_KEY": key})
+
+        assert str(refused.value) == (
+            "CONNECTOR_PROXY_API_KEY begins or ends with whitespace, which HTTP strips from header values: "
+            "no request could ever match it. Remove the whitespace, here and in Arena's setting."
+        )
+
 
 def test_a_bad_manifest_is_skipped_and_the_others_served(tmp_path: Path) -> None:
     (tmp_path / "good.yaml").write_text(
@@ -196,15 +276,25 @@ def test_a_bad_manifest_is_skipped_and_the_others_served(tmp_path: Path) -> None
         assert client.post("/v1/do/good/Run", json={}).json()["command_response"]["body"] == 1
 
 
+@pytest.mark.parametrize(("method", "path", "broken_part"), [
+    ("POST", "/v1/do/fake/Echo", "gateway.dispatch.prepare_payload"),
+    ("GET", "/", "gateway.app.render_page"),
+])  # fmt: skip
 def test_an_unexpected_fault_still_answers_in_the_protocol_shape(
-    protocol: Protocol, monkeypatch: pytest.MonkeyPatch
+    protocol: Protocol,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    path: str,
+    broken_part: str,
 ) -> None:
     def broken(*args: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("gateway.dispatch.prepare_payload", broken)
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    monkeypatch.setattr(broken_part, broken)
     with TestClient(create_app(make_settings()), raise_server_exceptions=False) as client:
-        response = client.post("/v1/do/fake/Echo", json={"text": "x"})
+        response = client.request(method, path, json={"text": "x"})
 
     assert response.status_code == 500
     answer = response.json()
@@ -214,3 +304,6 @@ def test_an_unexpected_fault_still_answers_in_the_protocol_shape(
         "error_code": "internal_error",
         "message": f"The gateway failed unexpectedly; its log has the details under request id {request_id}.",
     }
+    (line,) = [record.getMessage() for record in caplog.records if record.name == "gateway.access"]
+    assert line.startswith(f"{request_id} {method} {path} 500 ")
+    assert " error=internal_error " in line
