@@ -284,6 +284,8 @@ class Pool:
         self.stderr_log = StderrLines(0, limits.max_stderr_line_chars, "-", self.label, command.redact, keep=False)
         self.spawned = 0
         self.restarts = 0
+        self.retired = False
+        self._retire_grace = 0.0
         self._early_exits = 0
         self._next_start = 0.0
         self._numbers = 0
@@ -297,15 +299,19 @@ class Pool:
 
     async def run(self, command: Command, payload: bytes, request_id: str, redact: Redactor) -> Answer:
         deadline = time.time() + command.timeout
-        if not self.room.take_now() and not await self.room.wait_for_slot(command.timeout):
-            raise self._timeout(command, [])
         try:
-            worker = self._least_busy() if not self._choosing.locked() else None
-            if worker is None:
-                worker = await self._worker_with_room()
-            return await self._call(worker, command, payload, request_id, redact, deadline)
+            if not self.room.take_now() and not await self.room.wait_for_slot(command.timeout):
+                raise self._timeout(command, [])
+            try:
+                worker = self._least_busy() if not self._choosing.locked() else None
+                if worker is None:
+                    worker = await self._worker_with_room()
+                return await self._call(worker, command, payload, request_id, redact, deadline)
+            finally:
+                self.room.release()
         finally:
-            self.room.release()
+            if self.retired and self.idle:
+                self._close_all()
 
     async def _call(
         self, worker: Worker, command: Command, payload: bytes, request_id: str, redact: Redactor, deadline: float
@@ -401,16 +407,32 @@ class Pool:
             self._early_exits = 0
 
     def retire(self, grace: float) -> None:
-        """Take no more requests: each worker finishes what it holds and exits, or is killed after `grace` s."""
+        """Finish the requests in the pool, running or queued, then stop: see `_close_all`.
+
+        No new request comes to a retired pool, so its queue only shrinks; its workers, even those
+        started for the queue after this call, end once it is empty.
+        """
+        self.retired = True
+        self._retire_grace = grace
+        if self.idle:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        """Every worker's input is closed: each exits when it is done, or is killed `_retire_grace` s later."""
+        loop = asyncio.get_running_loop()
         for worker in list(self.workers):
             worker.draining = True
-            if not worker.pending:
-                worker.close_input()
-            asyncio.get_running_loop().call_later(grace, worker.kill_if_running)
+            worker.close_input()
+            loop.call_later(self._retire_grace, worker.kill_if_running)
 
     @property
     def idle(self) -> bool:
         return self.room.running == 0 and self.room.waiting == 0
+
+    @property
+    def finished(self) -> bool:
+        """Nothing left of the pool: no request in it, no worker alive."""
+        return self.idle and not self.workers and not self.stopping
 
     async def shutdown(self, grace: float) -> None:
         """Close every worker's input, let them finish for `grace` seconds, then kill what is left.
@@ -492,7 +514,7 @@ class Pools:
                 continue
             del self.pools[key]
             pool.retire(pool.command.timeout + self.limits.kill_grace)
-            self.retired = [*(old for old in self.retired if old.workers), pool]
+            self.retired = [*(old for old in self.retired if not old.finished), pool]
             retired += 1
         return retired
 

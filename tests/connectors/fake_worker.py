@@ -2,7 +2,9 @@
 """A worker that misbehaves on request, to exercise the gateway's worker pools.
 
 What it does with a request is the payload's "do": echo (the default), sleep,
-fail, fail-temporarily, crash, deep, garbage, wrong-id, stderr, pid.
+fail, fail-temporarily, crash, deep, garbage, wrong-id, stderr, pid. It reads one
+line at a time, so a sleep holds up the requests sent after it. The ids of the
+cancellations it was sent are in the answer to "pid".
 """
 
 import json
@@ -11,6 +13,7 @@ import sys
 import time
 
 served = 0
+cancelled = []
 
 
 def answer(message):
@@ -26,7 +29,8 @@ def handle(request):
     reply = {"id": request["id"]}
     if action == "sleep":
         time.sleep(payload.get("seconds", 60))
-        answer({**reply, "result": {"slept": payload.get("seconds", 60)}})
+        slept = {"slept": payload.get("seconds", 60), "pid": os.getpid(), "greeting": os.environ.get("GREETING")}
+        answer({**reply, "result": slept})
     elif action == "fail":
         answer({**reply, "failed": "the ledger refused", "temporary": False, "logs": ["tried the ledger"]})
     elif action == "fail-temporarily":
@@ -47,7 +51,9 @@ def handle(request):
         sys.stderr.flush()
         answer({**reply, "result": {"ok": True}})
     elif action == "pid":
-        answer({**reply, "result": {"pid": os.getpid(), "served": served, "env": dict(os.environ)}})
+        answer(
+            {**reply, "result": {"pid": os.getpid(), "served": served, "cancelled": cancelled, "env": dict(os.environ)}}
+        )
     else:
         answer(
             {**reply, "result": {"payload": payload, "command": request["command"], "deadline": request["deadline"]}}
@@ -56,5 +62,7 @@ def handle(request):
 
 for line in sys.stdin:
     message = json.loads(line)
-    if "cancel" not in message:
+    if "cancel" in message:
+        cancelled.append(message["cancel"])
+    else:
         handle(message)
