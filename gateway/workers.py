@@ -2,8 +2,9 @@
 
 A pool belongs to one program started one way (see `Command.pool_key`). Each
 request goes to the least busy worker with room for it; a worker that crashes,
-misbehaves or overruns a request it took alone is stopped and replaced, and only
-the requests it held fail. The line protocol is in docs/connector-protocol.md.
+misbehaves, overruns a request it took alone or lets requests pass their deadline
+one after another is stopped and replaced, and only the requests it held fail.
+The line protocol is in docs/connector-protocol.md.
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ class Worker:
         self.answered = 0
         self.started = time.monotonic()
         self.draining = False
+        self.stuck = False  # stopped as soon as it holds nothing, see `Pool._note_expiry`
+        self.expired_in_a_row = 0
+        self.answered_at_last_expiry = 0
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[None] = loop.create_future()
         self.stdout_closed: asyncio.Future[None] = loop.create_future()
@@ -132,7 +136,9 @@ class Worker:
 
     def release(self, request_id: str) -> None:
         self.pending.pop(request_id, None)
-        if self.draining and not self.pending:
+        if self.stuck and not self.pending:
+            self.stop()
+        elif self.draining and not self.pending:
             self.close_input()
 
     def close_input(self) -> None:
@@ -330,6 +336,7 @@ class Pool:
             return await future
         except _Expired:
             self._abandon(worker, request_id)
+            self._note_expiry(worker)
             raise self._timeout(command, stderr.logs() if stderr else []) from None
         except asyncio.CancelledError:
             self._abandon(worker, request_id)
@@ -352,6 +359,27 @@ class Pool:
         if len(self.cancelled) > CANCELLED_REMEMBERED:
             del self.cancelled[next(iter(self.cancelled))]
         worker.send(json.dumps({"cancel": request_id}).encode() + b"\n")
+
+    def _note_expiry(self, worker: Worker) -> None:
+        """Tell a stuck worker from a slow one, when it takes several requests at once.
+
+        One that lets `concurrency` requests in a row pass their deadline, answering none in between,
+        is stuck: it takes no more, and is stopped once the requests it holds are answered or expire.
+        """
+        if self.settings.concurrency == 1 or worker.stuck:
+            return  # stopped by `_abandon` already, or to be stopped
+        if worker.answered != worker.answered_at_last_expiry:
+            worker.answered_at_last_expiry = worker.answered
+            worker.expired_in_a_row = 0
+        worker.expired_in_a_row += 1
+        if worker.expired_in_a_row < self.settings.concurrency:
+            return
+        worker.stuck = worker.draining = True
+        logger.warning(
+            "The %s let %d requests in a row pass their deadline without answering; it is replaced",
+            worker.name,
+            worker.expired_in_a_row,
+        )
 
     def _least_busy(self) -> Worker | None:
         """The live worker holding the fewest requests, if one has room."""
