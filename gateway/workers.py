@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,14 @@ class _Pending:
     command: Command
     future: asyncio.Future[Answer]
     stderr: StderrLines | None  # set when the worker takes one request at a time
+
+
+@dataclass
+class Tally:
+    """What the pools did, by connector: kept by `Pools`, so that the counts outlive pools a reload replaces."""
+
+    spawned: Counter[str] = field(default_factory=Counter)
+    restarts: Counter[str] = field(default_factory=Counter)
 
 
 class Worker:
@@ -273,7 +282,9 @@ class _WorkerPipes(asyncio.SubprocessProtocol):
 class Pool:
     """The workers of one program, started lazily or eagerly, replaced when they fail."""
 
-    def __init__(self, command: Command, limits: Limits, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, command: Command, limits: Limits, environ: Mapping[str, str], tally: Tally | None = None
+    ) -> None:
         assert command.workers is not None
         self.command = command
         self.settings: WorkerSettings = command.workers
@@ -288,6 +299,7 @@ class Pool:
         self.cancelled: dict[str, None] = {}
         self.deadlines = Deadlines(_expire)
         self.stderr_log = StderrLines(0, limits.max_stderr_line_chars, "-", self.label, command.redact, keep=False)
+        self.tally = tally or Tally()
         self.spawned = 0
         self.restarts = 0
         self.retired = False
@@ -410,6 +422,7 @@ class Pool:
         except OSError as exc:
             raise start_failure(self.command, "-", exc) from exc
         self.spawned += 1
+        self.tally.spawned[self.command.connector] += 1
         self.workers.append(worker)
         return worker
 
@@ -430,6 +443,7 @@ class Pool:
             delay = min(BACKOFF_FIRST * 2 ** (self._early_exits - 1), BACKOFF_MAX)
             self._next_start = time.monotonic() + delay
             self.restarts += 1
+            self.tally.restarts[self.command.connector] += 1
             logger.warning("The %s exited %.1f s after it started; next start in %.1f s", worker.name, lived, delay)
         elif worker.exited.done():
             self._early_exits = 0
@@ -515,12 +529,17 @@ class Pools:
         self.environ = environ
         self.pools: dict[tuple[object, ...], Pool] = {}
         self.retired: list[Pool] = []  # replaced by a reload, finishing what they hold
+        self.tally = Tally()
 
     def of(self, command: Command) -> Pool:
         pool = self.pools.get(command.pool_key)
         if pool is None:
-            pool = self.pools[command.pool_key] = Pool(command, self.limits, self.environ)
+            pool = self.pools[command.pool_key] = Pool(command, self.limits, self.environ, self.tally)
         return pool
+
+    def every(self) -> list[Pool]:
+        """The pools serving, and those retired that are not finished yet."""
+        return [*self.pools.values(), *(pool for pool in self.retired if not pool.finished)]
 
     async def start_eager(self, commands: list[Command]) -> None:
         for command in commands:
