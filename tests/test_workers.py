@@ -229,8 +229,9 @@ def test_workers_that_keep_dying_are_restarted_with_backoff(
     )
     assert waiting["command_response"]["http_status"] == 503
     # And in the log.
-    (restart,) = [record for record in caplog.records if record.name == "gateway.workers"]
-    assert restart.levelname == "WARNING"
+    (restart,) = [
+        record for record in caplog.records if record.levelname == "WARNING" and record.name == "gateway.workers"
+    ]
     assert re.fullmatch(
         r"The worker 1 of connector 'pool' exited \d+\.\d s after it started; next start in 0\.1 s", restart.message
     )
