@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,7 +152,8 @@ def _number(value: float) -> str:
 
 def process_gauges(state: Any, in_flight: int) -> list[Gauge]:
     """What the app's parts know of themselves, read at scrape time: `state` is the app's state."""
-    pools = list(state.pools.pools.values())
+    pools = state.pools.every()
+    tally = state.pools.tally
     admission = state.admission
     queued = admission.gateway.waiting + sum(slots.waiting for slots in admission.commands.values())
     queued += sum(pool.room.waiting for pool in pools)
@@ -169,19 +171,19 @@ def process_gauges(state: Any, in_flight: int) -> list[Gauge]:
             "processes_spawned_total",
             "counter",
             "Connector processes started: one per request in spawn mode, workers in worker mode.",
-            lambda: [({"mode": "spawn"}, state.runner.spawned), ({"mode": "worker"}, sum(p.spawned for p in pools))],
+            lambda: [({"mode": "spawn"}, state.runner.spawned), ({"mode": "worker"}, tally.spawned.total())],
         ),
         Gauge(
             "workers",
             "gauge",
             "Worker processes alive, by connector.",
-            lambda: [({"connector": pool.command.connector}, len(pool.workers)) for pool in pools],
+            lambda: _workers_alive(pools),
         ),
         Gauge(
             "worker_restarts_total",
             "counter",
             "Workers that exited soon after starting and were started again after a backoff, by connector.",
-            lambda: [({"connector": pool.command.connector}, pool.restarts) for pool in pools],
+            lambda: _restarts(pools, tally),
         ),
         Gauge("commands", "gauge", "Commands served.", lambda: [({}, len(state.registry.commands))]),
         Gauge(
@@ -207,3 +209,22 @@ def process_gauges(state: Any, in_flight: int) -> list[Gauge]:
             ),
         ]
     return gauges
+
+
+def _workers_alive(pools: list[Any]) -> list[tuple[dict[str, str], float]]:
+    alive = Counter({pool.command.connector: 0 for pool in pools})
+    for pool in pools:
+        alive[pool.command.connector] += len(pool.workers)
+    return _per_connector(alive)
+
+
+def _restarts(pools: list[Any], tally: Any) -> list[tuple[dict[str, str], float]]:
+    # Counted by the gateway rather than by each pool, so that a reload that replaces a pool keeps its count.
+    restarts = Counter({pool.command.connector: 0 for pool in pools})
+    restarts.update(tally.restarts)
+    return _per_connector(restarts)
+
+
+def _per_connector(counts: Counter[str]) -> list[tuple[dict[str, str], float]]:
+    """One sample per connector, however many pools it has (commands with other `run` or `workers`)."""
+    return [({"connector": connector}, count) for connector, count in sorted(counts.items())]

@@ -2,8 +2,9 @@
 
 A pool belongs to one program started one way (see `Command.pool_key`). Each
 request goes to the least busy worker with room for it; a worker that crashes,
-misbehaves or overruns a request it took alone is stopped and replaced, and only
-the requests it held fail. The line protocol is in docs/connector-protocol.md.
+misbehaves, overruns a request it took alone or lets requests pass their deadline
+one after another is stopped and replaced, and only the requests it held fail.
+The line protocol is in docs/connector-protocol.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 import signal
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,14 @@ class _Pending:
     stderr_mark: int = 0  # how many lines the worker had written on stderr when it took the request
 
 
+@dataclass
+class Tally:
+    """What the pools did, by connector: kept by `Pools`, so that the counts outlive pools a reload replaces."""
+
+    spawned: Counter[str] = field(default_factory=Counter)
+    restarts: Counter[str] = field(default_factory=Counter)
+
+
 class Worker:
     """One long-lived process of a pool, and the requests it holds."""
 
@@ -89,6 +98,9 @@ class Worker:
         self.answered = 0
         self.started = time.monotonic()
         self.draining = False
+        self.stuck = False  # stopped as soon as it holds nothing, see `Pool._note_expiry`
+        self.expired_in_a_row = 0
+        self.answered_at_last_expiry = 0
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[None] = loop.create_future()
         self.pipes_closed: asyncio.Future[None] = loop.create_future()
@@ -147,7 +159,9 @@ class Worker:
     def release(self, request_id: str) -> None:
         self.pending.pop(request_id, None)
         self.secrets.let_go(request_id)
-        if self.draining and not self.pending:
+        if self.stuck and not self.pending:
+            self.stop()
+        elif self.draining and not self.pending:
             self.close_input()
 
     def close_input(self) -> None:
@@ -449,7 +463,9 @@ class _WorkerPipes(asyncio.SubprocessProtocol):
 class Pool:
     """The workers of one program, started lazily or eagerly, replaced when they fail."""
 
-    def __init__(self, command: Command, limits: Limits, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, command: Command, limits: Limits, environ: Mapping[str, str], tally: Tally | None = None
+    ) -> None:
         assert command.workers is not None
         self.command = command
         self.settings: WorkerSettings = command.workers
@@ -463,8 +479,11 @@ class Pool:
         # Requests given up on, whose late answers are dropped; the oldest are forgotten past a bound.
         self.cancelled: dict[str, None] = {}
         self.deadlines = Deadlines(_expire)
+        self.tally = tally or Tally()
         self.spawned = 0
         self.restarts = 0
+        self.retired = False
+        self._retire_grace = 0.0
         self._early_exits = 0
         self._next_start = 0.0
         self._numbers = 0
@@ -478,15 +497,19 @@ class Pool:
 
     async def run(self, command: Command, payload: bytes, request_id: str, redact: Redactor) -> Answer:
         deadline = time.time() + command.timeout
-        if not self.room.take_now() and not await self.room.wait_for_slot(command.timeout):
-            raise self._timeout(command, [])
         try:
-            worker = self._least_busy() if not self._choosing.locked() else None
-            if worker is None:
-                worker = await self._worker_with_room()
-            return await self._call(worker, command, payload, request_id, redact, deadline)
+            if not self.room.take_now() and not await self.room.wait_for_slot(command.timeout):
+                raise self._timeout(command, [])
+            try:
+                worker = self._least_busy() if not self._choosing.locked() else None
+                if worker is None:
+                    worker = await self._worker_with_room()
+                return await self._call(worker, command, payload, request_id, redact, deadline)
+            finally:
+                self.room.release()
         finally:
-            self.room.release()
+            if self.retired and self.idle:
+                self._close_all()
 
     async def _call(
         self, worker: Worker, command: Command, payload: bytes, request_id: str, redact: Redactor, deadline: float
@@ -508,6 +531,7 @@ class Pool:
             return await future
         except _Expired:
             self._abandon(worker, request_id)
+            self._note_expiry(worker)
             raise self._timeout(command, stderr.logs() if stderr else []) from None
         except asyncio.CancelledError:
             self._abandon(worker, request_id)
@@ -530,6 +554,27 @@ class Pool:
         if len(self.cancelled) > CANCELLED_REMEMBERED:
             del self.cancelled[next(iter(self.cancelled))]
         worker.send(json.dumps({"cancel": request_id}).encode() + b"\n")
+
+    def _note_expiry(self, worker: Worker) -> None:
+        """Tell a stuck worker from a slow one, when it takes several requests at once.
+
+        One that lets `concurrency` requests in a row pass their deadline, answering none in between,
+        is stuck: it takes no more, and is stopped once the requests it holds are answered or expire.
+        """
+        if self.settings.concurrency == 1 or worker.stuck:
+            return  # stopped by `_abandon` already, or to be stopped
+        if worker.answered != worker.answered_at_last_expiry:
+            worker.answered_at_last_expiry = worker.answered
+            worker.expired_in_a_row = 0
+        worker.expired_in_a_row += 1
+        if worker.expired_in_a_row < self.settings.concurrency:
+            return
+        worker.stuck = worker.draining = True
+        logger.warning(
+            "The %s let %d requests in a row pass their deadline without answering; it is replaced",
+            worker.name,
+            worker.expired_in_a_row,
+        )
 
     def _least_busy(self) -> Worker | None:
         """The live worker holding the fewest requests, if one has room."""
@@ -560,6 +605,7 @@ class Pool:
         except OSError as exc:
             raise start_failure(self.command, "-", exc) from exc
         self.spawned += 1
+        self.tally.spawned[self.command.connector] += 1
         self.workers.append(worker)
         return worker
 
@@ -580,21 +626,38 @@ class Pool:
             delay = min(BACKOFF_FIRST * 2 ** (self._early_exits - 1), BACKOFF_MAX)
             self._next_start = time.monotonic() + delay
             self.restarts += 1
+            self.tally.restarts[self.command.connector] += 1
             logger.warning("The %s exited %.1f s after it started; next start in %.1f s", worker.name, lived, delay)
         elif worker.exited.done():
             self._early_exits = 0
 
     def retire(self, grace: float) -> None:
-        """Take no more requests: each worker finishes what it holds and exits, or is killed after `grace` s."""
+        """Finish the requests in the pool, running or queued, then stop: see `_close_all`.
+
+        No new request comes to a retired pool, so its queue only shrinks; its workers, even those
+        started for the queue after this call, end once it is empty.
+        """
+        self.retired = True
+        self._retire_grace = grace
+        if self.idle:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        """Every worker's input is closed: each exits when it is done, or is killed `_retire_grace` s later."""
+        loop = asyncio.get_running_loop()
         for worker in list(self.workers):
             worker.draining = True
-            if not worker.pending:
-                worker.close_input()
-            asyncio.get_running_loop().call_later(grace, worker.kill_if_running)
+            worker.close_input()
+            loop.call_later(self._retire_grace, worker.kill_if_running)
 
     @property
     def idle(self) -> bool:
         return self.room.running == 0 and self.room.waiting == 0
+
+    @property
+    def finished(self) -> bool:
+        """Nothing left of the pool: no request in it, no worker alive."""
+        return self.idle and not self.workers and not self.stopping
 
     async def shutdown(self, grace: float) -> None:
         """Close every worker's input, let them finish for `grace` seconds, then kill what is left.
@@ -649,12 +712,17 @@ class Pools:
         self.environ = environ
         self.pools: dict[tuple[object, ...], Pool] = {}
         self.retired: list[Pool] = []  # replaced by a reload, finishing what they hold
+        self.tally = Tally()
 
     def of(self, command: Command) -> Pool:
         pool = self.pools.get(command.pool_key)
         if pool is None:
-            pool = self.pools[command.pool_key] = Pool(command, self.limits, self.environ)
+            pool = self.pools[command.pool_key] = Pool(command, self.limits, self.environ, self.tally)
         return pool
+
+    def every(self) -> list[Pool]:
+        """The pools serving, and those retired that are not finished yet."""
+        return [*self.pools.values(), *(pool for pool in self.retired if not pool.finished)]
 
     async def start_eager(self, commands: list[Command]) -> None:
         for command in commands:
@@ -676,7 +744,7 @@ class Pools:
                 continue
             del self.pools[key]
             pool.retire(pool.command.timeout + self.limits.kill_grace)
-            self.retired = [*(old for old in self.retired if old.workers), pool]
+            self.retired = [*(old for old in self.retired if not old.finished), pool]
             retired += 1
         return retired
 

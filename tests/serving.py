@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx2
 
 
 def free_port() -> int:
@@ -50,3 +56,61 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {seconds} s")
         time.sleep(0.02)
+
+
+@dataclass
+class Gateway:
+    """A gateway process serving one manifest directory, its output in a log file."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def commands(self) -> dict[str, Any]:
+        return {command["id"]: command for command in httpx2.get(self.url("/v1/commands")).json()}
+
+    def do(self, command: str, body: dict[str, Any]) -> httpx2.Response:
+        return httpx2.post(self.url(f"/v1/do/{command}"), json=body, timeout=30)
+
+    def metric(self, name: str) -> float:
+        """The value of a metric without labels, such as `requests_queued`."""
+        for line in httpx2.get(self.url("/metrics")).text.splitlines():
+            if line.startswith(f"connector_gateway_{name} "):
+                return float(line.split()[1])
+        raise AssertionError(f"no metric {name}")
+
+    def logged(self) -> str:
+        return self.log.read_text()
+
+    def wait_logged(self, text: str, seconds: float = 2) -> None:
+        """Log lines are written in batches, a moment after they are logged."""
+        wait_for(lambda: text in self.logged(), seconds, f"the log line {text!r}")
+
+
+@contextlib.contextmanager
+def running(directory: Path, *flags: str) -> Iterator[Gateway]:
+    port = free_port()
+    log = directory.parent / f"gateway-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--manifests", str(directory), *flags],
+            stdout=sink,
+            stderr=sink,
+        )
+    try:
+        wait_until_live(port, process)  # type: ignore[arg-type]
+        yield Gateway(process, port, log)
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs: not gone, and not a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False

@@ -6,7 +6,10 @@ import asyncio
 import io
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,8 +19,10 @@ from conftest import make_settings
 from gateway import create_app
 from gateway.logs import AccessLog, configure_logging
 from gateway.settings import Settings, SettingsError, settings_environment
+from serving import wait_for
 
 API_KEY = "k3y"
+WORKER = Path(__file__).parent / "connectors" / "fake_worker.py"
 
 
 def scrape(client: TestClient, **headers: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -77,6 +82,97 @@ def test_process_and_registry_gauges(client: TestClient) -> None:
     assert samples["connector_gateway_requests_queued"][()] == 0
     assert samples["connector_gateway_commands"][()] == len(client.app.state.registry.commands)  # type: ignore[attr-defined]
     assert samples["connector_gateway_manifests_failed"][()] == 0
+
+
+def pooled_manifest(max_requests: int = 100) -> str:
+    """One connector with three worker pools: commands with different `run` or `workers` do not share one."""
+    return (
+        "manifest_version: 1\nconnector: pool\n"
+        f"defaults: {{run: ['{{python}}', -I, -S, '{WORKER}'], mode: worker, timeout: 5}}\n"
+        "commands:\n"
+        f"  - {{name: Do, parameters: [{{id: do, type: str}}], workers: {{max_requests: {max_requests}}}}}\n"
+        f"  - {{name: Other, workers: {{concurrency: 2, max_requests: {max_requests}}}}}\n"
+        "  - name: Dies\n    run: ['{python}', -c, 'import sys; sys.stdin.readline()']\n"
+        f"    workers: {{max_requests: {max_requests}}}\n"
+    )
+
+
+@pytest.fixture
+def pooled(tmp_path: Path) -> Iterator[TestClient]:
+    (tmp_path / "pool.yaml").write_text(pooled_manifest())
+    with TestClient(create_app(make_settings(manifest_dirs=(tmp_path,), reload=False))) as test_client:
+        yield test_client
+
+
+def reload(client: TestClient) -> None:
+    assert client.portal is not None
+    client.portal.call(client.app.state.reloader.reload, "test")  # type: ignore[attr-defined]
+
+
+def test_every_metric_has_its_labels(pooled: TestClient, tmp_path: Path) -> None:
+    with ThreadPoolExecutor(2) as callers:
+        running = callers.submit(pooled.post, "/v1/do/pool/Do", json={"do": "sleep", "seconds": 1})
+        wait_for(lambda: scrape(pooled)["connector_gateway_runs_in_progress"][()] == 1, 10, "the first request")
+        queued = callers.submit(pooled.post, "/v1/do/pool/Do", json={"do": "pid"})
+        wait_for(lambda: scrape(pooled)["connector_gateway_requests_queued"][()] == 1, 10, "a request queued")
+        assert running.result().status_code == queued.result().status_code == 200
+    (tmp_path / "broken.yaml").write_text("manifest_version: 1\nconnector: [")
+    reload(pooled)
+
+    samples = scrape(pooled)
+
+    assert {
+        name: {tuple(sorted(label for label, _ in labels)) for labels in values} for name, values in samples.items()
+    } == {
+        "connector_gateway_requests_total": {("command", "error_code", "status")},
+        "connector_gateway_request_duration_seconds_bucket": {("command", "le")},
+        "connector_gateway_request_duration_seconds_sum": {("command",)},
+        "connector_gateway_request_duration_seconds_count": {("command",)},
+        "connector_gateway_requests_in_flight": {()},
+        "connector_gateway_requests_queued": {()},
+        "connector_gateway_runs_in_progress": {()},
+        "connector_gateway_processes_spawned_total": {("mode",)},
+        "connector_gateway_workers": {("connector",)},
+        "connector_gateway_worker_restarts_total": {("connector",)},
+        "connector_gateway_commands": {()},
+        "connector_gateway_manifests_failed": {()},
+        "connector_gateway_manifest_reloads_total": {()},
+        "connector_gateway_manifest_reload_failures_total": {()},
+    }
+    assert samples["connector_gateway_workers"][(("connector", "pool"),)] == 1
+    assert samples["connector_gateway_manifest_reloads_total"][()] == 1
+    assert samples["connector_gateway_manifest_reload_failures_total"][()] == 1
+    assert samples["connector_gateway_manifests_failed"][()] == 1
+
+
+def test_worker_counters_outlive_a_reload_and_each_connector_has_one_series(pooled: TestClient) -> None:
+    for command in ("Do", "Other", "Dies"):
+        pooled.post(f"/v1/do/pool/{command}", json={})
+    before = pooled.get("/metrics").text
+
+    # Every pool of the connector is replaced by one of a new definition.
+    (Path(pooled.app.state.settings.manifest_dirs[0]) / "pool.yaml").write_text(pooled_manifest(max_requests=99))  # type: ignore[attr-defined]
+    reload(pooled)
+    after = pooled.get("/metrics").text
+
+    for text in (before, after):
+        series = [line.rpartition(" ")[0] for line in text.splitlines() if not line.startswith("#")]
+        assert [name for name, count in Counter(series).items() if count > 1] == []
+    assert 'connector_gateway_workers{connector="pool"} 2' in before.splitlines()
+    counted, counted_after = counters(before), counters(after)
+    assert {key: counted_after.get(key) for key, value in counted.items() if counted_after.get(key, -1) < value} == {}
+    assert counted_after[("connector_gateway_processes_spawned_total", (("mode", "worker"),))] == 3
+    assert counted_after[("connector_gateway_worker_restarts_total", (("connector", "pool"),))] == 1
+
+
+def counters(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of every counter but the requests, which the scrapes themselves change."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.type == "counter" and family.name != "connector_gateway_requests"
+        for sample in family.samples
+    }
 
 
 def test_metrics_are_open_by_default_even_with_an_api_key() -> None:

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import pytest
 
-from serving import free_port, wait_for, wait_until_live
+from serving import Gateway, children, running, wait_for
 
 FAKE = Path(__file__).parent / "connectors" / "fake.py"
 WORKER = Path(__file__).parent / "connectors" / "fake_worker.py"
@@ -33,53 +29,12 @@ def manifest(description: str = "Echoes.", extra: str = "") -> str:
     )
 
 
-def worker_manifest(greeting: str) -> str:
+def worker_manifest(greeting: str, workers: str = "{size: 1, concurrency: 4}", timeout: float = 5) -> str:
     return (
         "manifest_version: 1\nconnector: pooled\ncommands:\n"
-        f"  - name: Do\n    run: ['{{python}}', -I, -S, '{WORKER}']\n    mode: worker\n"
-        f"    workers: {{size: 1, concurrency: 4}}\n    env: {{GREETING: {greeting}}}\n"
+        f"  - name: Do\n    run: ['{{python}}', -I, -S, '{WORKER}']\n    mode: worker\n    timeout: {timeout}\n"
+        f"    workers: {workers}\n    env: {{GREETING: {greeting}}}\n"
     )
-
-
-@dataclass
-class Gateway:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def commands(self) -> dict[str, Any]:
-        return {command["id"]: command for command in httpx2.get(self.url("/v1/commands")).json()}
-
-    def do(self, command: str, body: dict[str, Any]) -> httpx2.Response:
-        return httpx2.post(self.url(f"/v1/do/{command}"), json=body, timeout=30)
-
-    def logged(self) -> str:
-        return self.log.read_text()
-
-    def wait_logged(self, text: str) -> None:
-        """Log lines are written in batches, a moment after they are logged."""
-        wait_for(lambda: text in self.logged(), 2, f"the log line {text!r}")
-
-
-@contextlib.contextmanager
-def running(directory: Path, *flags: str) -> Iterator[Gateway]:
-    port = free_port()
-    log = directory.parent / f"gateway-{port}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--manifests", str(directory), *flags],
-            stdout=sink,
-            stderr=sink,
-        )
-    try:
-        wait_until_live(port, process)  # type: ignore[arg-type]
-        yield Gateway(process, port, log)
-    finally:
-        process.kill()
-        process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -207,6 +162,27 @@ def test_a_changed_worker_command_gets_a_new_pool_and_the_old_workers_exit(tmp_p
 
         wait_for(lambda: not Path(f"/proc/{before}").exists(), RELOADED, "the old worker exiting")
         gateway.wait_logged("Retired 1 worker pool(s) of changed or removed commands")
+
+
+def test_a_worker_pool_retired_with_requests_queued_serves_them_and_leaves_no_worker_behind(tmp_path: Path) -> None:
+    directory = tmp_path / "manifests"
+    directory.mkdir()
+    one_at_a_time = "{size: 1, concurrency: 1}"
+    (directory / "pooled.yaml").write_text(worker_manifest("first", one_at_a_time, timeout=20))
+    with running(directory) as gateway, ThreadPoolExecutor(3) as callers:
+        calls = [callers.submit(gateway.do, "pooled/Do", {"do": "sleep", "seconds": 1.5}) for _ in range(3)]
+        wait_for(lambda: gateway.metric("requests_queued") == 2, 10, "one request running and two queued")
+
+        replace_atomically(directory / "pooled.yaml", worker_manifest("second", one_at_a_time, timeout=20))
+        gateway.wait_logged("Retired 1 worker pool(s) of changed or removed commands", RELOADED)
+        answers = [call.result().json()["command_response"]["body"] for call in calls]
+
+        # The requests finish on the definition they started with; then nothing of it is left.
+        assert [answer["greeting"] for answer in answers] == ["first"] * 3
+        wait_for(lambda: children(gateway.process.pid) == [], RELOADED, "every worker of the old pool exiting")
+        fresh = gateway.do("pooled/Do", {"do": "sleep", "seconds": 0}).json()["command_response"]["body"]
+        assert fresh["greeting"] == "second"
+        assert fresh["pid"] not in {answer["pid"] for answer in answers}
 
 
 def test_with_reload_off_only_sighup_reloads(manifests: Path) -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +17,22 @@ from starlette.testclient import TestClient
 
 from conftest import Protocol, make_settings
 from gateway import create_app
+from serving import Gateway, alive, running, wait_for
 
 WORKER = Path(__file__).parent / "connectors" / "fake_worker.py"
 
 
-def serve(directory: Path, workers: str, timeout: float = 5, run: str | None = None) -> TestClient:
+def write_manifest(directory: Path, workers: str, timeout: float = 5, run: str | None = None) -> None:
     run = run or f"['{{python}}', -I, -S, '{WORKER}']"
     (directory / "pool.yaml").write_text(
         "manifest_version: 1\nconnector: pool\n"
         f"defaults: {{run: {run}, mode: worker, workers: {workers}, timeout: {timeout}}}\n"
         "commands:\n  - {name: Do, parameters: [{id: do, type: str}]}\n  - {name: Other}\n"
     )
+
+
+def serve(directory: Path, workers: str, timeout: float = 5, run: str | None = None) -> TestClient:
+    write_manifest(directory, workers, timeout, run)
     app = create_app(make_settings(manifest_dirs=(directory,)))
     assert app.state.registry.failures == ()
     return TestClient(app)
@@ -139,9 +148,48 @@ def test_a_worker_taking_several_requests_is_sent_a_cancellation_instead(tmp_pat
         before = pid(client, protocol)
         answer = do(client, protocol, {"do": "sleep", "seconds": 0.8})
         after = pid(client, protocol)
+        # An answer in between: two expiries, but not in a row.
+        again = do(client, protocol, {"do": "sleep", "seconds": 0.8})
+        last = pid(client, protocol)
 
     assert answer["error"]["error_code"] == "connector_timeout"
-    assert after == before
+    assert again["error"]["error_code"] == "connector_timeout"
+    assert after == last == before
+
+
+def test_a_worker_that_lets_as_many_requests_expire_as_it_takes_at_once_is_replaced(
+    tmp_path: Path, protocol: Protocol, caplog: pytest.LogCaptureFixture
+) -> None:
+    with serve(tmp_path, "{size: 1, concurrency: 2}", timeout=0.5) as client:
+        before = pid(client, protocol)
+        with ThreadPoolExecutor(2) as callers:
+            stuck = list(callers.map(lambda _: do(client, protocol, {"do": "sleep", "seconds": 30}), range(2)))
+        after = pid(client, protocol)
+
+    assert [answer["error"]["error_code"] for answer in stuck] == ["connector_timeout"] * 2
+    assert after != before
+    assert (
+        "The worker 1 of connector 'pool' let 2 requests in a row pass their deadline without answering; it is replaced"
+    ) in caplog.messages
+
+
+def test_one_worker_crashing_leaves_the_requests_of_the_others_alone(tmp_path: Path, protocol: Protocol) -> None:
+    with serve(tmp_path, "{size: 2}") as client, ThreadPoolExecutor(1) as callers:
+        slow = callers.submit(do, client, protocol, {"do": "sleep", "seconds": 1})
+        wait_for(lambda: runs_in_progress(client) == 1, 10, "the slow request running")
+        crashed = do(client, protocol, {"do": "crash"})
+        slept = slow.result()["command_response"]["body"]
+
+    assert crashed["error"] == {
+        "error_code": "connector_crashed",
+        "message": "The worker 2 of connector 'pool' exited with status 3 while it held this request.",
+    }
+    assert slept["slept"] == 1
+
+
+def runs_in_progress(client: TestClient) -> float:
+    metrics = client.get("/metrics").text
+    return float(re.search(r"^connector_gateway_runs_in_progress (\S+)$", metrics, re.MULTILINE)[1])  # type: ignore[index]
 
 
 def test_stderr_of_a_worker_taking_one_request_is_its_logs(client: TestClient, protocol: Protocol) -> None:
@@ -163,7 +211,9 @@ def test_eager_workers_start_with_the_gateway(tmp_path: Path) -> None:
         assert client.app.state.pools.of(command).spawned == 2  # type: ignore[attr-defined]
 
 
-def test_workers_that_keep_dying_are_restarted_with_backoff(tmp_path: Path, protocol: Protocol) -> None:
+def test_workers_that_keep_dying_are_restarted_with_backoff(
+    tmp_path: Path, protocol: Protocol, caplog: pytest.LogCaptureFixture
+) -> None:
     with serve(tmp_path, "{size: 1}", run="['{python}', -c, 'import sys; sys.stdin.readline()']") as client:
         crashed = do(client, protocol, {})
         waiting = do(client, protocol, {})
@@ -179,6 +229,13 @@ def test_workers_that_keep_dying_are_restarted_with_backoff(tmp_path: Path, prot
         "The workers of 'pool/Do' keep exiting soon after they start; the next start is in "
     )
     assert waiting["command_response"]["http_status"] == 503
+    # And in the log.
+    (restart,) = [
+        record for record in caplog.records if record.levelname == "WARNING" and record.name == "gateway.workers"
+    ]
+    assert re.fullmatch(
+        r"The worker 1 of connector 'pool' exited \d+\.\d s after it started; next start in 0\.1 s", restart.message
+    )
 
 
 def test_workers_are_stopped_with_the_gateway(tmp_path: Path, protocol: Protocol) -> None:
@@ -203,3 +260,52 @@ def test_requests_arriving_together_start_no_more_workers_than_the_pool_holds(tm
     assert len(pids) == 12
     assert len(set(pids)) <= 2
     assert app.state.pools.of(app.state.registry.commands["pool/Do"]).spawned == 2
+
+
+def hang_up(gateway: Gateway, body: dict[str, Any], request_id: str) -> None:
+    """Send a request, wait until it runs, and close the connection without reading the answer."""
+    data = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as connection:
+        connection.sendall(
+            b"POST /v1/do/pool/Do HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"X-Request-Id: {request_id}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        wait_for(lambda: gateway.metric("runs_in_progress") == 1, 10, "the request running")
+
+
+def worker_state(gateway: Gateway) -> dict[str, Any]:
+    state: dict[str, Any] = gateway.do("pool/Do", {"do": "pid"}).json()["command_response"]["body"]
+    return state
+
+
+@pytest.fixture
+def manifests(tmp_path: Path) -> Path:
+    directory = tmp_path / "manifests"
+    directory.mkdir()
+    return directory
+
+
+def test_a_caller_hanging_up_stops_the_worker_that_took_its_request_alone(manifests: Path) -> None:
+    write_manifest(manifests, "{size: 1}", timeout=20)
+    with running(manifests) as gateway:
+        before = worker_state(gateway)["pid"]
+
+        hang_up(gateway, {"do": "sleep", "seconds": 15}, "hung-up-1")
+
+        wait_for(lambda: not alive(before), 10, "the worker's end after its caller hung up")
+        assert worker_state(gateway)["pid"] != before
+        gateway.wait_logged("hung-up-1 POST /v1/do/pool/Do 499 command=pool/Do error=caller_gone")
+
+
+def test_a_caller_hanging_up_sends_a_cancellation_to_a_worker_taking_several_requests(manifests: Path) -> None:
+    write_manifest(manifests, "{size: 1, concurrency: 2}", timeout=20)
+    with running(manifests) as gateway:
+        before = worker_state(gateway)["pid"]
+
+        hang_up(gateway, {"do": "sleep", "seconds": 1}, "hung-up-2")
+
+        # The fake worker reads the cancellation once its sleep is over, and lists it.
+        wait_for(lambda: "hung-up-2" in worker_state(gateway)["cancelled"], 10, "the cancellation")
+        assert worker_state(gateway)["pid"] == before
+        gateway.wait_logged("hung-up-2 POST /v1/do/pool/Do 499 command=pool/Do error=caller_gone")

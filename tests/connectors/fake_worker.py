@@ -4,6 +4,8 @@
 What it does with a request is the payload's "do": echo (the default), sleep,
 fail, fail-temporarily, crash, crash-loudly, deep, garbage, wrong-id, stderr,
 stderr-flood, stderr-secret, stderr-remembered, long-line, not-finite, pid, escape.
+It reads one line at a time, so a sleep holds up the requests sent after it. The
+ids of the cancellations it was sent are in the answer to "pid".
 """
 
 import json
@@ -13,6 +15,7 @@ import time
 
 served = 0
 remembered = None  # the password of the last stderr-secret request
+cancelled = []
 
 
 def answer(message):
@@ -28,7 +31,8 @@ def handle(request):
     reply = {"id": request["id"]}
     if action == "sleep":
         time.sleep(payload.get("seconds", 60))
-        answer({**reply, "result": {"slept": payload.get("seconds", 60)}})
+        slept = {"slept": payload.get("seconds", 60), "pid": os.getpid(), "greeting": os.environ.get("GREETING")}
+        answer({**reply, "result": slept})
     elif action == "fail":
         answer({**reply, "failed": "the ledger refused", "temporary": False, "logs": ["tried the ledger"]})
     elif action == "fail-temporarily":
@@ -78,7 +82,9 @@ def handle(request):
     elif action == "escape":  # a process in a session of its own, which outlives the worker
         answer({**reply, "result": {"escaped": escape()}})
     elif action == "pid":
-        answer({**reply, "result": {"pid": os.getpid(), "served": served, "env": dict(os.environ)}})
+        answer(
+            {**reply, "result": {"pid": os.getpid(), "served": served, "cancelled": cancelled, "env": dict(os.environ)}}
+        )
     else:
         answer(
             {**reply, "result": {"payload": payload, "command": request["command"], "deadline": request["deadline"]}}
@@ -105,5 +111,7 @@ def escape():
 
 for line in sys.stdin:
     message = json.loads(line)
-    if "cancel" not in message:
+    if "cancel" in message:
+        cancelled.append(message["cancel"])
+    else:
         handle(message)
