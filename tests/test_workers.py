@@ -182,7 +182,10 @@ def test_one_worker_crashing_leaves_the_requests_of_the_others_alone(tmp_path: P
 
     assert crashed["error"] == {
         "error_code": "connector_crashed",
-        "message": "The worker 2 of connector 'pool' exited with status 3 while it held this request.",
+        "message": (
+            "The worker 2 of connector 'pool' exited with status 3 while it held this request. "
+            "It wrote nothing on stderr."
+        ),
     }
     assert slept["slept"] == 1
 
