@@ -50,7 +50,9 @@ def create_app(
     """The gateway as an ASGI app. `environ` is the gateway's environment, read by manifests' env and inherit_env."""
     environ = os.environ if environ is None else environ
     if registry is None:
-        registry = load_registry(settings.manifest_dirs, settings.default_timeout, environ)
+        registry = load_registry(
+            settings.manifest_dirs, settings.default_timeout, environ, max_wait=settings.admission.max_wait
+        )
         log_registry(registry)
 
     app = Gateway(

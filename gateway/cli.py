@@ -325,7 +325,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         directories = tuple(args.directories) or settings.manifest_dirs
-        registry = load_registry(directories, settings.default_timeout)
+        registry = load_registry(directories, settings.default_timeout, max_wait=settings.admission.max_wait)
     except (SettingsError, NotADirectoryError) as exc:
         print(f"connector-gateway: {exc}", file=sys.stderr)
         return 2
@@ -338,6 +338,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"error   {failure.path}:")
         for problem in failure.problems:
             print(f"  - {problem}")
+        for warning in failure.warnings:
+            print(f"warning {failure.path}: {warning}")
 
     total = len(registry.manifests) + len(registry.failures)
     print(
@@ -381,7 +383,7 @@ def _list(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env(manifest_dirs=_manifest_dirs(args))
-        registry = load_registry(settings.manifest_dirs, settings.default_timeout)
+        registry = load_registry(settings.manifest_dirs, settings.default_timeout, max_wait=settings.admission.max_wait)
     except (SettingsError, NotADirectoryError) as exc:
         print(f"connector-gateway: {exc}", file=sys.stderr)
         return 2

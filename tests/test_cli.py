@@ -30,22 +30,77 @@ def keep_sigterm_handler() -> Iterator[None]:
     signal.signal(signal.SIGTERM, handler)
 
 
-def test_validate_reports_every_problem_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "bad.yaml").write_text("manifest_version: 1\nconnector: x\ncommands:\n  - {name: A, timeout: soon}\n")
+def test_validate_reports_every_problem_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONNECTOR_GATEWAY_MAX_WAIT", raising=False)
+    (tmp_path / "bad.yaml").write_text(
+        """\
+manifest_version: 1
+connector: x
+defaults:
+  run: ['{python}']
+commands:
+  - {name: A, timeout: soon}
+  - {name: B, run: [./nope.sh], timeout: 50}
+  - name: C
+    env: {TOKEN: "${X_TOKEN_NOT_SET}"}
+    parameters:
+      - {id: n, type: int}
+      - {id: n, type: str}
+  - {name: C}
+"""
+    )
     (tmp_path / "slow.yaml").write_text(
         "manifest_version: 1\nconnector: s\ncommands:\n  - {name: B, run: ['{python}'], timeout: 50}\n"
     )
 
     status = main(["validate", str(tmp_path)])
 
+    bad = tmp_path / "bad.yaml"
     assert status == 1
     assert capsys.readouterr().out.splitlines() == [
         f"ok      {tmp_path / 'slow.yaml'}: 1 command",
         f"warning {tmp_path / 'slow.yaml'}: commands[0] (B).timeout: 50 s is at or above Arena's own limit of 45 s; "
         "Arena may give up and retry while the first run goes on. Keep synchronous commands well under 45 s.",
-        f"error   {tmp_path / 'bad.yaml'}:",
+        f"error   {bad}:",
         "  - commands[0].timeout: 'soon' is not of type 'number'",
+        "  - commands[3].name: 'C' is already used by commands[2]",
+        f"  - commands[1] (B).run[0]: executable './nope.sh' does not exist (looked for {tmp_path / 'nope.sh'})",
+        "  - commands[2] (C).env.TOKEN: ${X_TOKEN_NOT_SET} is not set in the gateway's environment",
+        "  - commands[2] (C).parameters[1] (n).id: parameter 'n' is declared twice",
+        f"warning {bad}: commands[1] (B).timeout: 50 s is at or above Arena's own limit of 45 s; "
+        "Arena may give up and retry while the first run goes on. Keep synchronous commands well under 45 s.",
         "2 manifests, 1 command, 1 invalid.",
+    ]
+
+
+def test_validate_warns_when_the_wait_for_a_slot_and_the_timeout_reach_arenas_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONNECTOR_GATEWAY_MAX_WAIT", "15")
+    (tmp_path / "m.yaml").write_text(
+        """\
+manifest_version: 1
+connector: m
+defaults: {run: ['{python}']}
+commands:
+  - {name: Quick, timeout: 29}
+  - {name: Slow, timeout: 30}
+  - {name: OwnSlots, timeout: 15, concurrency: 2}
+"""
+    )
+
+    assert main(["validate", str(tmp_path)]) == 0
+
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        f"warning {tmp_path / 'm.yaml'}: commands[1] (Slow).timeout: 30 s plus up to 15 s of waiting for a run slot "
+        "(CONNECTOR_GATEWAY_MAX_WAIT) reaches Arena's own limit of 45 s; Arena may give up on a request that "
+        "waited and retry while it runs. Keep the two together under 45 s.",
+        f"warning {tmp_path / 'm.yaml'}: commands[2] (OwnSlots).timeout: 15 s plus up to 30 s of waiting for a run "
+        "slot (twice CONNECTOR_GATEWAY_MAX_WAIT) reaches Arena's own limit of 45 s; Arena may give up on a request "
+        "that waited and retry while it runs. Keep the two together under 45 s.",
+        "1 manifest, 3 commands, 0 invalid.",
     ]
 
 
