@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
-from conftest import FAKE_MANIFESTS
+from conftest import FAKE_MANIFESTS, Protocol
+from gateway.app import create_app
 from gateway.cli import main
-from gateway.settings import Settings, bundled_manifests
+from gateway.runner import Limits
+from gateway.settings import Settings, SettingsError, bundled_manifests, settings_environment
 from serving import free_port, wait_until_live
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -231,3 +234,103 @@ def test_with_bundled_serves_them_after_the_given_directories(monkeypatch: pytes
     settings = served["app"].state.settings  # type: ignore[attr-defined]
     assert settings.manifest_dirs == (FAKE_MANIFESTS, bundled_manifests())
     assert {"fake/Echo", "http/GetRequestV2"} <= set(served["app"].state.registry.commands)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["call", "fake/Echo", "--timeout", "-1"],
+            "argument --timeout: must be more than 0 and at most 3600 seconds, got -1",
+        ),
+        (
+            ["call", "fake/Echo", "--timeout", "0"],
+            "argument --timeout: must be more than 0 and at most 3600 seconds, got 0",
+        ),
+        (
+            ["call", "fake/Echo", "--timeout", "nan"],
+            "argument --timeout: must be more than 0 and at most 3600 seconds, got nan",
+        ),
+        (["serve", "--timeout", "inf"], "argument --timeout: must be more than 0 and at most 3600 seconds, got inf"),
+        (["serve", "--timeout", "soon"], "argument --timeout: must be a number of seconds, got 'soon'"),
+        (["serve", "--port", "70000"], "argument --port: must be between 1 and 65535, got 70000"),
+        (["serve", "--port", "0"], "argument --port: must be between 1 and 65535, got 0"),
+        (["serve", "--workers", "0"], "argument --workers: must be at least 1, got 0"),
+        (["serve", "--workers", "two"], "argument --workers: must be a whole number, got 'two'"),
+    ],
+)
+def test_flags_are_checked_as_their_environment_variables_are(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+
+    assert exited.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == f"connector-gateway {argv[0]}: error: {message} (see connector-gateway {argv[0]} --help)\n"
+    )
+
+
+def test_the_environment_variable_says_the_same_as_the_flag() -> None:
+    process = gateway_command("serve", env={"CONNECTOR_GATEWAY_TIMEOUT": "nan"})
+    output, _ = process.communicate(timeout=30)
+
+    assert process.returncode == 2
+    assert (
+        output
+        == "connector-gateway: CONNECTOR_GATEWAY_TIMEOUT must be more than 0 and at most 3600 seconds, got nan.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CONNECTOR_GATEWAY_MAX_STDERR_LINES", "-1", "must be at least 0, got -1"),
+        ("CONNECTOR_GATEWAY_MAX_STDERR_LINES", "many", "must be a whole number, got 'many'"),
+        ("CONNECTOR_GATEWAY_MAX_STDERR_LINE_CHARS", "0", "must be at least 1, got 0"),
+    ],
+)
+def test_stderr_limits_are_checked(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({variable: value})
+
+    assert str(refused.value) == f"{variable} {message}."
+
+
+def test_stderr_limits_are_set_from_the_environment(protocol: Protocol) -> None:
+    settings = Settings.from_env(
+        {
+            "CONNECTOR_GATEWAY_MANIFESTS": str(FAKE_MANIFESTS),
+            "CONNECTOR_GATEWAY_MAX_STDERR_LINES": "2",
+            "CONNECTOR_GATEWAY_MAX_STDERR_LINE_CHARS": "5",
+        }
+    )
+    payload = {"stdout": "{}", "stderr": "one\ntwo two two\nthree\nfour\n"}
+
+    with TestClient(create_app(settings, environ={})) as client:
+        response = client.post("/v1/do/fake/Emit", json=payload)
+
+    protocol.validate_answer(response.status_code, response.json())
+    assert response.json()["spiff__logs"] == ["one", "two t [cut]", "(2 more stderr lines not shown)"]
+
+
+def test_stderr_limits_reach_every_process_of_serve_workers() -> None:
+    settings = Settings.from_env(
+        {"CONNECTOR_GATEWAY_MAX_STDERR_LINES": "0", "CONNECTOR_GATEWAY_MAX_STDERR_LINE_CHARS": "300"}
+    )
+
+    rebuilt = Settings.from_env(settings_environment(settings))
+
+    assert (rebuilt.limits.max_stderr_lines, rebuilt.limits.max_stderr_line_chars) == (0, 300)
+    assert Settings.from_env({}).limits == Limits(max_stderr_lines=100, max_stderr_line_chars=2000)
+
+
+def test_serve_runs_on_asyncios_own_loop_even_where_uvloop_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvicorn's "auto" picks uvloop whenever it can be imported; the gateway asks for asyncio by name.
+    served: dict[str, object] = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: served.update(options))
+
+    assert main(["serve", "--manifests", str(FAKE_MANIFESTS)]) == 0
+
+    assert served["loop"] == "asyncio"
