@@ -341,6 +341,9 @@ def _run_uvicorn(settings: Settings, app: Starlette | str, **options: Any) -> No
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        # asyncio's own loop even where uvloop is installed: uvloop spawns subprocesses with a plain fork()
+        # and about 2.5 times slower, and spawn mode starts a process per request.
+        loop="asyncio",
         http=OneSendHttpProtocol,
         **options,
     )
