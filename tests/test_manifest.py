@@ -359,3 +359,19 @@ def test_every_format_of_draft_2020_12_is_checked() -> None:
     }
 
     assert set(schemas.CHECKED_FORMATS) == draft_2020_12
+
+
+@pytest.mark.parametrize(
+    "example", ["manifests/http.yaml", "examples/node-connector/manifest.yaml", "examples/go-connector/manifest.yaml"]
+)
+def test_the_shipped_manifests_mark_their_credentials_secret(example: str) -> None:
+    document = yaml.safe_load((Path(__file__).parent.parent / example).read_text())
+    credentials = [
+        (command["name"], parameter["id"], parameter.get("secret", False))
+        for command in document["commands"]
+        for parameter in command.get("parameters", [])
+        if any(word in parameter["id"] for word in ("token", "password", "secret", "api_key"))
+    ]
+
+    assert credentials
+    assert all(secret for _, _, secret in credentials), credentials
