@@ -222,16 +222,22 @@ def _failed_parts(errors: Sequence[jsonschema.ValidationError]) -> frozenset[Loc
     """The parts of a manifest that failed the schema, each as the unit the later checks skip.
 
     A unit is a setting of `defaults`, a setting of one command or auth handler, or a whole
-    parameter; a section that is not even of the right type is a unit of its own. A missing or
-    unexpected key says nothing against the keys that are there, so those are not units.
+    parameter; a section that is not even of the right type is a unit of its own. A key missing
+    from, or unexpected in, the top level, `defaults`, a command or an auth handler says nothing
+    against the keys that are there, so it makes no unit.
     """
     failed: set[Location] = set()
     for error in errors:
         path = tuple(error.absolute_path)
-        if len(path) >= 4 and path[0] in ("commands", "auths") and path[2] == "parameters":
+        in_section = path[:1] in (("commands",), ("auths",))
+        if in_section and len(path) >= 4 and path[2] == "parameters":
             failed.add(path[:4])
-        elif error.validator not in ("required", "additionalProperties"):
-            failed.add(path[:3] if path[:1] in (("commands",), ("auths",)) else path[:2])
+        elif error.validator in ("required", "additionalProperties") and (
+            path in ((), ("defaults",)) or (in_section and len(path) == 2)
+        ):
+            continue
+        else:
+            failed.add(path[:3] if in_section else path[:2])
     return frozenset(failed)
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import schemas
 from gateway.manifest import Command, ManifestError, load_manifest, schema_problems
@@ -375,3 +381,58 @@ def test_the_shipped_manifests_mark_their_credentials_secret(example: str) -> No
 
     assert credentials
     assert all(secret for _, _, secret in credentials), credentials
+
+
+BROKEN_VALUES = st.sampled_from([None, 0, -1, 0.5, "", "x", True, [], [1], ["x"], {}, {"zz": 1}, {"name": 1}])
+
+
+def locations(node: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    found = [prefix]
+    if isinstance(node, dict):
+        found += [location for key, value in node.items() for location in locations(value, (*prefix, key))]
+    elif isinstance(node, list):
+        found += [location for index, value in enumerate(node) for location in locations(value, (*prefix, index))]
+    return found
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_any_broken_part_is_reported_never_crashed_on(data: st.DataObject) -> None:
+    document = yaml.safe_load(BROKEN_BASE)
+    for _ in range(data.draw(st.integers(1, 4))):
+        *parents, last = data.draw(st.sampled_from(locations(document)[1:]))
+        holder = document
+        for part in parents:
+            holder = holder[part]
+        change = data.draw(st.sampled_from(["replace", "delete", "add a key"]))
+        if change == "delete" and isinstance(holder, dict):
+            del holder[last]
+        elif change == "add a key" and isinstance(holder[last], dict):
+            holder[last][data.draw(st.sampled_from(["zz", "name", "id", "run"]))] = 1
+        else:
+            holder[last] = copy.deepcopy(data.draw(BROKEN_VALUES))
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "m.yaml"
+        path.write_text(yaml.safe_dump(document))
+        with contextlib.suppress(ManifestError):
+            load_manifest(path, default_timeout=30, environ={})
+
+
+BROKEN_BASE = """\
+manifest_version: 1
+connector: c
+defaults: {run: ['{python}', -c, pass], timeout: 10, env: {A: b}, mode: worker, workers: {size: 1}}
+commands:
+  - name: A
+    parameters:
+      - {id: x, type: str}
+      - {id: y, schema: {type: integer}, default: 2}
+    concurrency: 2
+    queue: 1
+    limits: {cpu_seconds: 2}
+  - {name: B, run: [./nope.sh], spiff_keys: none, inherit_env: [X], mode: spawn}
+auths:
+  - name: O
+    parameters: [{id: p, type: str, secret: true}]
+"""
