@@ -60,7 +60,9 @@ def create_app(
     """
     environ = os.environ if environ is None else environ
     if registry is None:
-        registry = load_registry(settings.manifest_dirs, settings.default_timeout, environ)
+        registry = load_registry(
+            settings.manifest_dirs, settings.default_timeout, environ, max_wait=settings.admission.max_wait
+        )
         log_registry(registry)
 
     app = Gateway(

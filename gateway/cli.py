@@ -11,9 +11,9 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -28,10 +28,15 @@ from gateway.settings import (
     Settings,
     SettingsError,
     bundled_manifests,
+    port,
+    seconds,
     settings_environment,
+    whole_number,
 )
 
 logger = logging.getLogger("gateway")
+
+_T = TypeVar("_T")
 
 _DESCRIPTION = """\
 A connector proxy for spiff-arena. Each command is an executable in any language,
@@ -46,6 +51,9 @@ environment variables (flags win over them):
   {ENV_PREFIX}TIMEOUT         time limit in seconds for commands whose manifest sets none (default 30)
   {ENV_PREFIX}MAX_BODY_BYTES  largest request body accepted (default 33554432, 32 MiB)
   {ENV_PREFIX}MAX_STDOUT_BYTES  largest answer a connector may print (default 16777216, 16 MiB)
+  {ENV_PREFIX}MAX_STDERR_LINES  connector stderr lines kept per request, for the log and spiff__logs
+                              (default 100; 0: none)
+  {ENV_PREFIX}MAX_STDERR_LINE_CHARS  characters kept of each stderr line (default 2000)
   {ENV_PREFIX}MAX_RUNNING     connector runs at once, gateway-wide (default 32)
   {ENV_PREFIX}MAX_WAITING     requests that may wait for a run slot (default 64); beyond: 429
   {ENV_PREFIX}MAX_WAIT        seconds a request may wait for a run slot (default 10); then: 429
@@ -113,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="connector-gateway", description=_DESCRIPTION)
+    parser = _Parser(prog="connector-gateway", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subcommands = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
 
@@ -125,16 +133,16 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 7004, Arena's default)")
+    serve.add_argument("--port", type=_flag(port), help="port to listen on (default 7004, Arena's default)")
     _add_manifest_options(serve, "serve")
     serve.add_argument(
         "--workers",
-        type=int,
+        type=_flag(lambda raw: whole_number(raw, 1)),
         default=1,
         metavar="N",
         help="gateway processes sharing the port (default 1); each has its own pools and limits",
     )
-    serve.add_argument("--timeout", type=float, help="default time limit in seconds (default 30)")
+    serve.add_argument("--timeout", type=_flag(seconds), help="default time limit in seconds (default 30)")
     serve.add_argument(
         "--no-reload",
         dest="reload",
@@ -164,6 +172,25 @@ def _parser() -> argparse.ArgumentParser:
     _add_call(subcommands)
     _add_list(subcommands)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage error in one line, as a setting's own error is; the full usage is one --help away."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _flag(parse: Callable[[str], _T]) -> Callable[[str], _T]:
+    """A flag's type, by the same rule as its environment variable; argparse reports a refusal, exit status 2."""
+
+    def checked(raw: str) -> _T:
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return checked
 
 
 def _add_manifest_options(parser: argparse.ArgumentParser, verb: str) -> None:
@@ -230,7 +257,9 @@ def _add_call(subcommands: Any) -> None:
         "not a terminal; otherwise {}",
     )
     _add_manifest_options(call, "also load")
-    call.add_argument("--timeout", type=float, help="time limit in seconds for commands whose manifest sets none")
+    call.add_argument(
+        "--timeout", type=_flag(seconds), help="time limit in seconds for commands whose manifest sets none"
+    )
     call.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
@@ -312,6 +341,9 @@ def _run_uvicorn(settings: Settings, app: Starlette | str, **options: Any) -> No
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        # asyncio's own loop even where uvloop is installed: uvloop spawns subprocesses with a plain fork()
+        # and about 2.5 times slower, and spawn mode starts a process per request.
+        loop="asyncio",
         http=OneSendHttpProtocol,
         **options,
     )
@@ -325,7 +357,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         directories = tuple(args.directories) or settings.manifest_dirs
-        registry = load_registry(directories, settings.default_timeout)
+        registry = load_registry(directories, settings.default_timeout, max_wait=settings.admission.max_wait)
     except (SettingsError, NotADirectoryError) as exc:
         print(f"connector-gateway: {exc}", file=sys.stderr)
         return 2
@@ -338,6 +370,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"error   {failure.path}:")
         for problem in failure.problems:
             print(f"  - {problem}")
+        for warning in failure.warnings:
+            print(f"warning {failure.path}: {warning}")
 
     total = len(registry.manifests) + len(registry.failures)
     print(
@@ -381,7 +415,7 @@ def _list(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env(manifest_dirs=_manifest_dirs(args))
-        registry = load_registry(settings.manifest_dirs, settings.default_timeout)
+        registry = load_registry(settings.manifest_dirs, settings.default_timeout, max_wait=settings.admission.max_wait)
     except (SettingsError, NotADirectoryError) as exc:
         print(f"connector-gateway: {exc}", file=sys.stderr)
         return 2

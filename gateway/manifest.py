@@ -2,7 +2,8 @@
 
 A manifest is checked against `manifest.schema.json` and then for what a schema
 cannot say (duplicates, defaults of the wrong type, executables that do not
-exist). Every problem is collected and reported at once with its location.
+exist), on every part that passed the schema. Every problem is collected and
+reported at once with its location.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from gateway.params import ParamType, json_type_name, matches_type
 from gateway.redact import Redactor
 
 SpiffKeys = Literal["all", "none"] | frozenset[str]
+# Where a value sits in a manifest: keys and list indexes, as jsonschema gives them.
+Location = tuple[str | int, ...]
 
 PYTHON_PLACEHOLDER = "{python}"
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -38,6 +41,8 @@ _LIMIT_FLAGS = {"cpu_seconds": "--cpu", "memory_mb": "--as", "open_files": "--no
 
 # Arena gives up on a synchronous call after 45 s and may retry while the first run goes on.
 ARENA_TIMEOUT = 45.0
+# How long a request may wait for a run slot unless CONNECTOR_GATEWAY_MAX_WAIT says otherwise.
+DEFAULT_MAX_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -146,30 +151,42 @@ class Manifest:
 
 
 class ManifestError(Exception):
-    """A manifest that cannot be served, with every problem found in it."""
+    """A manifest that cannot be served, with every problem found in it, and the warnings it would get if valid."""
 
-    def __init__(self, path: Path, problems: Sequence[str]) -> None:
+    def __init__(self, path: Path, problems: Sequence[str], warnings: Sequence[str] = ()) -> None:
         self.path = path
         self.problems = list(problems)
+        self.warnings = list(warnings)
         super().__init__(str(self))
 
     def __str__(self) -> str:
         listed = "\n".join(f"  - {problem}" for problem in self.problems)
-        return f"Manifest '{self.path}' is invalid:\n{listed}"
+        text = f"Manifest '{self.path}' is invalid:\n{listed}"
+        if self.warnings:
+            text += "\nWarnings:\n" + "\n".join(f"  - {warning}" for warning in self.warnings)
+        return text
 
 
-def load_manifest(path: Path, default_timeout: float, environ: Mapping[str, str]) -> Manifest:
+def load_manifest(
+    path: Path, default_timeout: float, environ: Mapping[str, str], max_wait: float = DEFAULT_MAX_WAIT
+) -> Manifest:
     """Read and check one manifest file; raise ManifestError listing every problem.
 
-    `environ` is the gateway's environment, where `${NAME}` references in `env` are looked up.
+    `environ` is the gateway's environment, where `${NAME}` references in `env` are looked up;
+    `max_wait` is how long a request may wait for a run slot before its command starts.
     """
     document = _read_yaml(path)
 
-    problems = not_json_problems(document) or schema_problems(document)
+    problems = not_json_problems(document)
     if problems:
         raise ManifestError(path, problems)
+    errors = _schema_errors(document)
+    if not isinstance(document, dict):
+        raise ManifestError(path, _described(errors))
 
-    return _Builder(path, document, default_timeout, environ).build()
+    # The checks beyond the schema run on every part that passed it, so that one file shows all its problems.
+    builder = _Builder(path, document, default_timeout, environ, max_wait, _failed_parts(errors))
+    return builder.build(_described(errors))
 
 
 def manifest_schema() -> dict[str, Any]:
@@ -190,8 +207,38 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 
 def schema_problems(document: Any) -> list[str]:
-    errors = sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+    return _described(_schema_errors(document))
+
+
+def _schema_errors(document: Any) -> list[jsonschema.ValidationError]:
+    return sorted(_validator().iter_errors(document), key=lambda e: list(map(str, e.absolute_path)))
+
+
+def _described(errors: Sequence[jsonschema.ValidationError]) -> list[str]:
     return [f"{_location(error.absolute_path)}: {_schema_message(error)}" for error in errors]
+
+
+def _failed_parts(errors: Sequence[jsonschema.ValidationError]) -> frozenset[Location]:
+    """The parts of a manifest that failed the schema, each as the unit the later checks skip.
+
+    A unit is a setting of `defaults`, a setting of one command or auth handler, or a whole
+    parameter; a section that is not even of the right type is a unit of its own. A key missing
+    from, or unexpected in, the top level, `defaults`, a command or an auth handler says nothing
+    against the keys that are there, so it makes no unit.
+    """
+    failed: set[Location] = set()
+    for error in errors:
+        path = tuple(error.absolute_path)
+        in_section = path[:1] in (("commands",), ("auths",))
+        if in_section and len(path) >= 4 and path[2] == "parameters":
+            failed.add(path[:4])
+        elif error.validator in ("required", "additionalProperties") and (
+            path in ((), ("defaults",)) or (in_section and len(path) == 2)
+        ):
+            continue
+        else:
+            failed.add(path[:3] if in_section else path[:2])
+    return frozenset(failed)
 
 
 def not_json_problems(document: Any, path: tuple[str | int, ...] = ()) -> list[str]:
@@ -279,25 +326,33 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
 
 
 class _Builder:
-    """Turns a schema-valid document into a Manifest, collecting what the schema cannot check."""
+    """Turns a document into a Manifest, checking what the schema cannot on every part that passed it."""
 
     def __init__(
-        self, path: Path, document: dict[str, Any], default_timeout: float, environ: Mapping[str, str]
+        self,
+        path: Path,
+        document: dict[str, Any],
+        default_timeout: float,
+        environ: Mapping[str, str],
+        max_wait: float,
+        failed: frozenset[Location],
     ) -> None:
         self.path = path
         self.document = document
         self.default_timeout = default_timeout
         self.environ = environ
+        self.max_wait = max_wait
+        self.failed = failed
         self.problems: list[str] = []
         self.warnings: list[str] = []
 
-    def build(self) -> Manifest:
-        connector = self.document["connector"]
-        defaults = self.document.get("defaults", {})
-        commands = self._commands(connector, defaults)
-        auths = self._auths(connector)
-        if self.problems:
-            raise ManifestError(self.path, self.problems)
+    def build(self, schema_problems: list[str]) -> Manifest:
+        connector = self._valid("connector", default="")
+        defaults = self._valid("defaults", default={})
+        commands = self._commands(str(connector), defaults)
+        auths = self._auths(str(connector))
+        if schema_problems or self.problems:
+            raise ManifestError(self.path, schema_problems + self.problems, self.warnings)
         return Manifest(
             path=self.path,
             connector=connector,
@@ -307,31 +362,57 @@ class _Builder:
             warnings=tuple(self.warnings),
         )
 
+    def _failed(self, location: Location) -> bool:
+        """Whether the value at `location`, or a part holding it, failed the schema."""
+        return any(location[:length] in self.failed for length in range(1, len(location) + 1))
+
+    def _valid(self, key: str, default: Any) -> Any:
+        return default if self._failed((key,)) else self.document.get(key, default)
+
+    def _items(self, section: str) -> list[tuple[int, dict[str, Any]]]:
+        """The entries of `commands` or `auths` that are mappings, with their indexes."""
+        items = self._valid(section, default=[])
+        return [(index, item) for index, item in enumerate(items) if not self._failed((section, index))]
+
+    def _name(self, section: str, index: int, item: dict[str, Any]) -> str | None:
+        return None if self._failed((section, index, "name")) else item.get("name")
+
+    def _where(self, section: str, index: int, item: dict[str, Any]) -> str:
+        name = self._name(section, index, item)
+        return f"{section}[{index}]" if name is None else f"{section}[{index}] ({name})"
+
+    def _setting_failed(self, index: int, raw: dict[str, Any], key: str) -> bool:
+        """Whether the value a command takes for `key`, its own or from `defaults`, failed the schema."""
+        return self._failed(("commands", index, key) if key in raw else ("defaults", key))
+
     def _commands(self, connector: str, defaults: dict[str, Any]) -> tuple[Command, ...]:
         commands = []
-        self._check_unique_names("commands", self.document["commands"])
-        for index, raw in enumerate(self.document["commands"]):
-            where = f"commands[{index}] ({raw['name']})"
-            settings = {**defaults, **raw}
-            argv = self._argv(where, settings.get("run"), settings.get("limits"))
+        items = self._items("commands")
+        self._check_unique_names("commands", items)
+        for index, raw in items:
+            where = self._where("commands", index, raw)
+            # A setting that failed the schema is left out, not replaced by the one under defaults.
+            settings = {
+                key: value for key, value in {**defaults, **raw}.items() if not self._setting_failed(index, raw, key)
+            }
+            argv = self._argv(
+                where, settings.get("run"), settings.get("limits"), self._setting_failed(index, raw, "run")
+            )
             timeout = float(settings.get("timeout", self.default_timeout))
-            if timeout >= ARENA_TIMEOUT:
-                self.warnings.append(
-                    f"{where}.timeout: {timeout:g} s is at or above Arena's own limit of 45 s; Arena may "
-                    "give up and retry while the first run goes on. Keep synchronous commands well under 45 s."
-                )
+            if not self._setting_failed(index, raw, "timeout"):
+                self._check_timeout(where, timeout, settings.get("concurrency"))
             env, secret_values = self._env(where, settings.get("env", {}))
-            if "workers" in settings and settings.get("mode", "spawn") != "worker":
+            if self._workers_without_worker_mode(index, raw, settings):
                 self.problems.append(f"{where}.workers: only used with mode: worker; add it or drop workers")
             concurrency = settings.get("concurrency")
             commands.append(
                 Command(
                     connector=connector,
-                    name=raw["name"],
+                    name=self._name("commands", index, raw) or "",
                     source=self.path,
                     argv=argv,
                     timeout=timeout,
-                    parameters=self._parameters(where, raw.get("parameters", [])),
+                    parameters=self._parameters(where, ("commands", index), raw),
                     description=raw.get("description"),
                     env=env,
                     secret_values=secret_values,
@@ -345,32 +426,61 @@ class _Builder:
             )
         return tuple(commands)
 
+    def _workers_without_worker_mode(self, index: int, raw: dict[str, Any], settings: dict[str, Any]) -> bool:
+        worker_mode = settings.get("mode", "spawn") == "worker" or self._setting_failed(index, raw, "mode")
+        return "workers" in settings and not worker_mode
+
+    def _check_timeout(self, where: str, timeout: float, concurrency: int | None) -> None:
+        """Warn of a time limit Arena may not wait for: its own, or with the wait for a run slot before it."""
+        if timeout >= ARENA_TIMEOUT:
+            self.warnings.append(
+                f"{where}.timeout: {timeout:g} s is at or above Arena's own limit of 45 s; Arena may "
+                "give up and retry while the first run goes on. Keep synchronous commands well under 45 s."
+            )
+            return
+        # A command with its own `concurrency` may wait for its own slot, then for one of the gateway's.
+        waits = 2 if concurrency else 1
+        if timeout + waits * self.max_wait >= ARENA_TIMEOUT:
+            waited = "twice CONNECTOR_GATEWAY_MAX_WAIT" if waits == 2 else "CONNECTOR_GATEWAY_MAX_WAIT"
+            self.warnings.append(
+                f"{where}.timeout: {timeout:g} s plus up to {waits * self.max_wait:g} s of waiting for a run slot "
+                f"({waited}) reaches Arena's own limit of 45 s; Arena may give up on a request that waited "
+                "and retry while it runs. Keep the two together under 45 s."
+            )
+
     def _auths(self, connector: str) -> tuple[Auth, ...]:
-        raw_auths = self.document.get("auths", [])
-        self._check_unique_names("auths", raw_auths)
+        items = self._items("auths")
+        self._check_unique_names("auths", items)
         return tuple(
             Auth(
                 connector=connector,
-                name=raw["name"],
+                name=self._name("auths", index, raw) or "",
                 source=self.path,
-                parameters=self._parameters(f"auths[{index}] ({raw['name']})", raw.get("parameters", [])),
+                parameters=self._parameters(self._where("auths", index, raw), ("auths", index), raw),
                 description=raw.get("description"),
             )
-            for index, raw in enumerate(raw_auths)
+            for index, raw in items
         )
 
-    def _check_unique_names(self, section: str, items: list[dict[str, Any]]) -> None:
+    def _check_unique_names(self, section: str, items: list[tuple[int, dict[str, Any]]]) -> None:
         seen: dict[str, int] = {}
-        for index, item in enumerate(items):
-            name = item["name"]
+        for index, item in items:
+            name = self._name(section, index, item)
+            if name is None:
+                continue
             if name in seen:
                 self.problems.append(f"{section}[{index}].name: {name!r} is already used by {section}[{seen[name]}]")
             seen.setdefault(name, index)
 
-    def _parameters(self, where: str, raw_parameters: list[dict[str, Any]]) -> tuple[Parameter, ...]:
+    def _parameters(self, where: str, location: Location, raw_item: dict[str, Any]) -> tuple[Parameter, ...]:
+        """The parameters of a command or auth handler; one that failed the schema is left out of the checks."""
+        if self._failed((*location, "parameters")):
+            return ()
         parameters = []
         seen: set[str] = set()
-        for index, raw in enumerate(raw_parameters):
+        for index, raw in enumerate(raw_item.get("parameters", [])):
+            if self._failed((*location, "parameters", index)):
+                continue
             at = f"{where}.parameters[{index}] ({raw['id']})"
             if raw["id"] in seen:
                 self.problems.append(f"{at}.id: parameter {raw['id']!r} is declared twice")
@@ -435,9 +545,12 @@ class _Builder:
                 f"{parameter.default!r}"
             )
 
-    def _argv(self, where: str, run: list[str] | None, limits: dict[str, int] | None) -> tuple[str, ...]:
+    def _argv(
+        self, where: str, run: list[str] | None, limits: dict[str, int] | None, run_failed: bool
+    ) -> tuple[str, ...]:
         if run is None:
-            self.problems.append(f"{where}.run: missing; set it on the command or under defaults")
+            if not run_failed:  # reported by the schema
+                self.problems.append(f"{where}.run: missing; set it on the command or under defaults")
             return ()
         for index, argument in enumerate(run):
             if REFERENCE.search(argument):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import openapi
-from gateway.manifest import Auth, Command, Listed, Manifest, ManifestError, load_manifest
+from gateway.manifest import DEFAULT_MAX_WAIT, Auth, Command, Listed, Manifest, ManifestError, load_manifest
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
 
@@ -56,12 +56,14 @@ def load_registry(
     default_timeout: float,
     environ: Mapping[str, str] | None = None,
     previous: Registry | None = None,
+    max_wait: float = DEFAULT_MAX_WAIT,
 ) -> Registry:
     """Load every manifest; the first file to claim a command id keeps it, a later claimant is rejected.
 
     `environ` is where `${NAME}` references are looked up: the gateway's own environment by default.
     On a reload, `previous` is the registry being replaced: a manifest that has become invalid is
-    reported, and its last good version from `previous` goes on being served.
+    reported, and its last good version from `previous` goes on being served. `max_wait` is how long
+    a request may wait for a run slot, which manifests are warned of with their time limits.
     """
     environ = os.environ if environ is None else environ
     last_good = {manifest.path: manifest for manifest in previous.manifests} if previous else {}
@@ -73,7 +75,7 @@ def load_registry(
 
     for path in manifest_files(directories):
         try:
-            manifest = load_manifest(path, default_timeout, environ)
+            manifest = load_manifest(path, default_timeout, environ, max_wait)
         except ManifestError as error:
             failures.append(error)
             if path not in last_good:

@@ -63,7 +63,12 @@ class Reloader:
             settings = self.state.settings
             try:
                 new = await asyncio.to_thread(
-                    load_registry, settings.manifest_dirs, settings.default_timeout, self.environ, old
+                    load_registry,
+                    settings.manifest_dirs,
+                    settings.default_timeout,
+                    self.environ,
+                    old,
+                    max_wait=settings.admission.max_wait,
                 )
             except NotADirectoryError as exc:
                 self.failures += 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -60,24 +60,32 @@ class Settings:
         reader = _Reader(env)
 
         values["host"] = reader.text("HOST")
-        values["port"] = reader.integer("PORT", 1, 65535)
+        values["port"] = reader.read("PORT", port)
         manifests = reader.text("MANIFESTS")
         if manifests is not None:
             values["manifest_dirs"] = tuple(Path(part) for part in manifests.split(os.pathsep) if part)
-        values["default_timeout"] = reader.number("TIMEOUT")
+        values["default_timeout"] = reader.read("TIMEOUT", seconds)
         values["max_body_bytes"] = reader.integer("MAX_BODY_BYTES", 1, None)
         values["max_buffered_body_bytes"] = reader.integer("MAX_BUFFERED_BODY_BYTES", 1, None)
         values["log_level"] = reader.text("LOG_LEVEL")
         values["log_format"] = reader.choice("LOG_FORMAT", ("text", "json"))
         values["metrics_need_key"] = reader.flag("METRICS_NEED_KEY")
         values["reload"] = reader.flag("RELOAD")
-        values["shutdown_grace"] = reader.number("SHUTDOWN_GRACE")
-        stdout_limit = reader.integer("MAX_STDOUT_BYTES", 1, None)
+        values["shutdown_grace"] = reader.read("SHUTDOWN_GRACE", seconds)
+        output = Limits()
+        values["limits"] = replace(
+            output,
+            max_stdout_bytes=_first(reader.integer("MAX_STDOUT_BYTES", 1, None), output.max_stdout_bytes),
+            max_stderr_lines=_first(reader.integer("MAX_STDERR_LINES", 0, None), output.max_stderr_lines),
+            max_stderr_line_chars=_first(
+                reader.integer("MAX_STDERR_LINE_CHARS", 1, None), output.max_stderr_line_chars
+            ),
+        )
         unset = AdmissionLimits()
         values["admission"] = AdmissionLimits(
             max_running=_first(reader.integer("MAX_RUNNING", 1, None), unset.max_running),
             max_waiting=_first(reader.integer("MAX_WAITING", 0, None), unset.max_waiting),
-            max_wait=_first(reader.number("MAX_WAIT"), unset.max_wait),
+            max_wait=_first(reader.read("MAX_WAIT", seconds), unset.max_wait),
         )
 
         api_key = env.get(API_KEY_VARIABLE)
@@ -95,10 +103,7 @@ class Settings:
             values["api_key"] = api_key
 
         values.update(overrides)
-        settings = cls(**{name: value for name, value in values.items() if value is not None})
-        if stdout_limit is not None:
-            settings = replace(settings, limits=replace(settings.limits, max_stdout_bytes=stdout_limit))
-        return settings
+        return cls(**{name: value for name, value in values.items() if value is not None})
 
     @property
     def exposed_without_key(self) -> bool:
@@ -116,6 +121,8 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         ENV_PREFIX + "MAX_BODY_BYTES": str(settings.max_body_bytes),
         ENV_PREFIX + "MAX_BUFFERED_BODY_BYTES": str(settings.max_buffered_body_bytes),
         ENV_PREFIX + "MAX_STDOUT_BYTES": str(settings.limits.max_stdout_bytes),
+        ENV_PREFIX + "MAX_STDERR_LINES": str(settings.limits.max_stderr_lines),
+        ENV_PREFIX + "MAX_STDERR_LINE_CHARS": str(settings.limits.max_stderr_line_chars),
         ENV_PREFIX + "MAX_RUNNING": str(settings.admission.max_running),
         ENV_PREFIX + "MAX_WAITING": str(settings.admission.max_waiting),
         ENV_PREFIX + "MAX_WAIT": repr(settings.admission.max_wait),
@@ -152,29 +159,46 @@ class _Reader:
         raise SettingsError(f"{ENV_PREFIX}{name} must be 1 or 0 (true or false), got {raw!r}.")
 
     def integer(self, name: str, low: int, high: int | None) -> int | None:
-        raw = self.text(name)
-        if raw is None:
-            return None
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{ENV_PREFIX}{name} must be a whole number, got {raw!r}.") from None
-        if value < low or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise SettingsError(f"{ENV_PREFIX}{name} must be {bounds}, got {value}.")
-        return value
+        return self.read(name, lambda raw: whole_number(raw, low, high))
 
-    def number(self, name: str) -> float | None:
+    def read(self, name: str, parse: Callable[[str], _V]) -> _V | None:
         raw = self.text(name)
         if raw is None:
             return None
         try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"{ENV_PREFIX}{name} must be a number of seconds, got {raw!r}.") from None
-        if not 0 < value <= 3600:
-            raise SettingsError(f"{ENV_PREFIX}{name} must be more than 0 and at most 3600 seconds, got {raw}.")
-        return value
+            return parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{ENV_PREFIX}{name} {exc}.") from None
+
+
+# The rules for numbers, shared by the environment variables and the command-line flags. Each raises
+# ValueError saying what is wrong, worded to follow the setting's name.
+
+
+def whole_number(raw: str, low: int, high: int | None = None) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {raw!r}") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"must be {bounds}, got {value}")
+    return value
+
+
+def port(raw: str) -> int:
+    return whole_number(raw, 1, 65535)
+
+
+def seconds(raw: str) -> float:
+    """A time limit: more than 0 and at most an hour; not a number, infinite and NaN refused."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, got {raw!r}") from None
+    if not 0 < value <= 3600:
+        raise ValueError(f"must be more than 0 and at most 3600 seconds, got {raw}")
+    return value
 
 
 def _first(value: _V | None, default: _V) -> _V:

@@ -362,6 +362,7 @@ def test_list_shows_every_command_and_every_failed_manifest(tmp_path: Path, caps
 
         error   {others / "bad.yaml"}:
           - commands[0].timeout: 'soon' is not of type 'number'
+          - commands[0] (A).run: missing; set it on the command or under defaults
 
         3 manifests, 3 commands, 1 invalid.
     """)
@@ -408,7 +409,13 @@ def test_list_shows_every_command_and_every_failed_manifest(tmp_path: Path, caps
             },
         ],
         "failures": [
-            {"manifest": str(others / "bad.yaml"), "problems": ["commands[0].timeout: 'soon' is not of type 'number'"]}
+            {
+                "manifest": str(others / "bad.yaml"),
+                "problems": [
+                    "commands[0].timeout: 'soon' is not of type 'number'",
+                    "commands[0] (A).run: missing; set it on the command or under defaults",
+                ],
+            }
         ],
     }
 

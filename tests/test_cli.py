@@ -13,10 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
-from conftest import FAKE_MANIFESTS
+from conftest import FAKE_MANIFESTS, Protocol
+from gateway.app import create_app
 from gateway.cli import main
-from gateway.settings import Settings, bundled_manifests
+from gateway.runner import Limits
+from gateway.settings import Settings, SettingsError, bundled_manifests, settings_environment
 from serving import free_port, wait_until_live
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -30,22 +33,77 @@ def keep_sigterm_handler() -> Iterator[None]:
     signal.signal(signal.SIGTERM, handler)
 
 
-def test_validate_reports_every_problem_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "bad.yaml").write_text("manifest_version: 1\nconnector: x\ncommands:\n  - {name: A, timeout: soon}\n")
+def test_validate_reports_every_problem_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONNECTOR_GATEWAY_MAX_WAIT", raising=False)
+    (tmp_path / "bad.yaml").write_text(
+        """\
+manifest_version: 1
+connector: x
+defaults:
+  run: ['{python}']
+commands:
+  - {name: A, timeout: soon}
+  - {name: B, run: [./nope.sh], timeout: 50}
+  - name: C
+    env: {TOKEN: "${X_TOKEN_NOT_SET}"}
+    parameters:
+      - {id: n, type: int}
+      - {id: n, type: str}
+  - {name: C}
+"""
+    )
     (tmp_path / "slow.yaml").write_text(
         "manifest_version: 1\nconnector: s\ncommands:\n  - {name: B, run: ['{python}'], timeout: 50}\n"
     )
 
     status = main(["validate", str(tmp_path)])
 
+    bad = tmp_path / "bad.yaml"
     assert status == 1
     assert capsys.readouterr().out.splitlines() == [
         f"ok      {tmp_path / 'slow.yaml'}: 1 command",
         f"warning {tmp_path / 'slow.yaml'}: commands[0] (B).timeout: 50 s is at or above Arena's own limit of 45 s; "
         "Arena may give up and retry while the first run goes on. Keep synchronous commands well under 45 s.",
-        f"error   {tmp_path / 'bad.yaml'}:",
+        f"error   {bad}:",
         "  - commands[0].timeout: 'soon' is not of type 'number'",
+        "  - commands[3].name: 'C' is already used by commands[2]",
+        f"  - commands[1] (B).run[0]: executable './nope.sh' does not exist (looked for {tmp_path / 'nope.sh'})",
+        "  - commands[2] (C).env.TOKEN: ${X_TOKEN_NOT_SET} is not set in the gateway's environment",
+        "  - commands[2] (C).parameters[1] (n).id: parameter 'n' is declared twice",
+        f"warning {bad}: commands[1] (B).timeout: 50 s is at or above Arena's own limit of 45 s; "
+        "Arena may give up and retry while the first run goes on. Keep synchronous commands well under 45 s.",
         "2 manifests, 1 command, 1 invalid.",
+    ]
+
+
+def test_validate_warns_when_the_wait_for_a_slot_and_the_timeout_reach_arenas_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONNECTOR_GATEWAY_MAX_WAIT", "15")
+    (tmp_path / "m.yaml").write_text(
+        """\
+manifest_version: 1
+connector: m
+defaults: {run: ['{python}']}
+commands:
+  - {name: Quick, timeout: 29}
+  - {name: Slow, timeout: 30}
+  - {name: OwnSlots, timeout: 15, concurrency: 2}
+"""
+    )
+
+    assert main(["validate", str(tmp_path)]) == 0
+
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        f"warning {tmp_path / 'm.yaml'}: commands[1] (Slow).timeout: 30 s plus up to 15 s of waiting for a run slot "
+        "(CONNECTOR_GATEWAY_MAX_WAIT) reaches Arena's own limit of 45 s; Arena may give up on a request that "
+        "waited and retry while it runs. Keep the two together under 45 s.",
+        f"warning {tmp_path / 'm.yaml'}: commands[2] (OwnSlots).timeout: 15 s plus up to 30 s of waiting for a run "
+        "slot (twice CONNECTOR_GATEWAY_MAX_WAIT) reaches Arena's own limit of 45 s; Arena may give up on a request "
+        "that waited and retry while it runs. Keep the two together under 45 s.",
+        "1 manifest, 3 commands, 0 invalid.",
     ]
 
 
@@ -176,3 +234,103 @@ def test_with_bundled_serves_them_after_the_given_directories(monkeypatch: pytes
     settings = served["app"].state.settings  # type: ignore[attr-defined]
     assert settings.manifest_dirs == (FAKE_MANIFESTS, bundled_manifests())
     assert {"fake/Echo", "http/GetRequestV2"} <= set(served["app"].state.registry.commands)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["call", "fake/Echo", "--timeout", "-1"],
+            "argument --timeout: must be more than 0 and at most 3600 seconds, got -1",
+        ),
+        (
+            ["call", "fake/Echo", "--timeout", "0"],
+            "argument --timeout: must be more than 0 and at most 3600 seconds, got 0",
+        ),
+        (
+            ["call", "fake/Echo", "--timeout", "nan"],
+            "argument --timeout: must be more than 0 and at most 3600 seconds, got nan",
+        ),
+        (["serve", "--timeout", "inf"], "argument --timeout: must be more than 0 and at most 3600 seconds, got inf"),
+        (["serve", "--timeout", "soon"], "argument --timeout: must be a number of seconds, got 'soon'"),
+        (["serve", "--port", "70000"], "argument --port: must be between 1 and 65535, got 70000"),
+        (["serve", "--port", "0"], "argument --port: must be between 1 and 65535, got 0"),
+        (["serve", "--workers", "0"], "argument --workers: must be at least 1, got 0"),
+        (["serve", "--workers", "two"], "argument --workers: must be a whole number, got 'two'"),
+    ],
+)
+def test_flags_are_checked_as_their_environment_variables_are(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+
+    assert exited.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == f"connector-gateway {argv[0]}: error: {message} (see connector-gateway {argv[0]} --help)\n"
+    )
+
+
+def test_the_environment_variable_says_the_same_as_the_flag() -> None:
+    process = gateway_command("serve", env={"CONNECTOR_GATEWAY_TIMEOUT": "nan"})
+    output, _ = process.communicate(timeout=30)
+
+    assert process.returncode == 2
+    assert (
+        output
+        == "connector-gateway: CONNECTOR_GATEWAY_TIMEOUT must be more than 0 and at most 3600 seconds, got nan.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CONNECTOR_GATEWAY_MAX_STDERR_LINES", "-1", "must be at least 0, got -1"),
+        ("CONNECTOR_GATEWAY_MAX_STDERR_LINES", "many", "must be a whole number, got 'many'"),
+        ("CONNECTOR_GATEWAY_MAX_STDERR_LINE_CHARS", "0", "must be at least 1, got 0"),
+    ],
+)
+def test_stderr_limits_are_checked(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({variable: value})
+
+    assert str(refused.value) == f"{variable} {message}."
+
+
+def test_stderr_limits_are_set_from_the_environment(protocol: Protocol) -> None:
+    settings = Settings.from_env(
+        {
+            "CONNECTOR_GATEWAY_MANIFESTS": str(FAKE_MANIFESTS),
+            "CONNECTOR_GATEWAY_MAX_STDERR_LINES": "2",
+            "CONNECTOR_GATEWAY_MAX_STDERR_LINE_CHARS": "5",
+        }
+    )
+    payload = {"stdout": "{}", "stderr": "one\ntwo two two\nthree\nfour\n"}
+
+    with TestClient(create_app(settings, environ={})) as client:
+        response = client.post("/v1/do/fake/Emit", json=payload)
+
+    protocol.validate_answer(response.status_code, response.json())
+    assert response.json()["spiff__logs"] == ["one", "two t [cut]", "(2 more stderr lines not shown)"]
+
+
+def test_stderr_limits_reach_every_process_of_serve_workers() -> None:
+    settings = Settings.from_env(
+        {"CONNECTOR_GATEWAY_MAX_STDERR_LINES": "0", "CONNECTOR_GATEWAY_MAX_STDERR_LINE_CHARS": "300"}
+    )
+
+    rebuilt = Settings.from_env(settings_environment(settings))
+
+    assert (rebuilt.limits.max_stderr_lines, rebuilt.limits.max_stderr_line_chars) == (0, 300)
+    assert Settings.from_env({}).limits == Limits(max_stderr_lines=100, max_stderr_line_chars=2000)
+
+
+def test_serve_runs_on_asyncios_own_loop_even_where_uvloop_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvicorn's "auto" picks uvloop whenever it can be imported; the gateway asks for asyncio by name.
+    served: dict[str, object] = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **options: served.update(options))
+
+    assert main(["serve", "--manifests", str(FAKE_MANIFESTS)]) == 0
+
+    assert served["loop"] == "asyncio"

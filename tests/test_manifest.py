@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway import schemas
 from gateway.manifest import Command, ManifestError, load_manifest, schema_problems
 
 
@@ -236,3 +243,196 @@ def test_a_version_managers_shim_is_resolved_to_the_real_interpreter(
     command = load_manifest(path, default_timeout=30, environ={}).commands[0]
 
     assert command.argv == (str(Path(sys.executable)), "-c", "pass")
+
+
+def test_checks_beyond_the_schema_run_on_every_part_that_passes_it(tmp_path: Path) -> None:
+    executable(tmp_path)
+    path = write(
+        tmp_path,
+        """\
+manifest_version: 1
+connector: c
+defaults:
+  run: [./run.sh]
+  timeout: soon
+commands:
+  - name: A
+    run: [./missing.sh]
+    shell: true
+  - run: [./also-missing.sh]
+    timeout: 50
+  - name: B
+    run: "./run.sh --flag"
+  - name: C
+    mode: forever
+    workers: {size: 2}
+    parameters:
+      - {id: x, type: string}
+      - {id: y, type: int, default: "3"}
+  - name: D
+    user: [root]
+    env: {TOKEN: "${UNSET_TOKEN}"}
+  - just a string
+auths:
+  - name: A
+    parameters:
+      - {id: p, type: str, default: 1}
+  - {name: A}
+""",
+    )
+
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path, default_timeout=30, environ={})
+
+    assert caught.value.problems == [
+        "commands[0]: Additional properties are not allowed ('shell' was unexpected)",
+        "commands[1]: 'name' is a required property",
+        "commands[2].run: './run.sh --flag' is not of type 'array'",
+        "commands[3].mode: 'forever' is not one of ['spawn', 'worker']",
+        "commands[3].parameters[0].type: 'string' is not one of ['str', 'int', 'bool', 'any']",
+        "commands[4].user: ['root'] is not valid under any of the given schemas",
+        "commands[5]: 'just a string' is not of type 'object'",
+        "defaults.timeout: 'soon' is not of type 'number'",
+        f"commands[0] (A).run[0]: executable './missing.sh' does not exist (looked for {tmp_path / 'missing.sh'})",
+        "commands[1].run[0]: executable './also-missing.sh' does not exist "
+        f"(looked for {tmp_path / 'also-missing.sh'})",
+        "commands[3] (C).parameters[1] (y).default: must be a int, got a string '3'",
+        "commands[4] (D).env.TOKEN: ${UNSET_TOKEN} is not set in the gateway's environment",
+        "auths[1].name: 'A' is already used by auths[0]",
+        "auths[0] (A).parameters[0] (p).default: must be a str, got an integer 1",
+    ]
+    assert caught.value.warnings == [
+        "commands[1].timeout: 50 s is at or above Arena's own limit of 45 s; Arena may give up and retry while the "
+        "first run goes on. Keep synchronous commands well under 45 s."
+    ]
+
+
+def test_an_invalid_manifests_warnings_are_shown_with_its_problems(tmp_path: Path) -> None:
+    error = ManifestError(tmp_path / "x.yaml", ["first"], ["careful"])
+
+    assert str(error) == f"Manifest '{tmp_path / 'x.yaml'}' is invalid:\n  - first\nWarnings:\n  - careful"
+
+
+def test_the_wait_for_a_run_slot_counts_towards_arenas_limit(tmp_path: Path) -> None:
+    executable(tmp_path)
+    path = write(
+        tmp_path,
+        "manifest_version: 1\nconnector: c\ndefaults: {run: [./run.sh]}\ncommands:\n"
+        "  - {name: Fits, timeout: 34}\n  - {name: Reaches, timeout: 35}\n",
+    )
+
+    assert load_manifest(path, default_timeout=30, environ={}, max_wait=5).warnings == ()
+    assert load_manifest(path, default_timeout=30, environ={}, max_wait=10).warnings == (
+        "commands[1] (Reaches).timeout: 35 s plus up to 10 s of waiting for a run slot (CONNECTOR_GATEWAY_MAX_WAIT) "
+        "reaches Arena's own limit of 45 s; Arena may give up on a request that waited and retry while it runs. "
+        "Keep the two together under 45 s.",
+    )
+
+
+@pytest.mark.parametrize(
+    ("schema_format", "good", "bad"),
+    [
+        ("date-time", "2026-12-04T07:30:00Z", "2026-12-04 at half past seven"),
+        ("time", "07:30:00+01:00", "half past seven"),
+        ("uri", "https://example.com/a?b=c", "not a uri"),
+        ("hostname", "ledger.example.com", "-ledger-"),
+        ("duration", "P3DT4H", "three days"),
+        ("json-pointer", "/a/0", "a/0"),
+    ],
+)
+def test_formats_beyond_jsonschemas_own_are_checked(tmp_path: Path, schema_format: str, good: str, bad: str) -> None:
+    parameter = f"{{id: v, schema: {{type: string, format: {schema_format}}}}}"
+    path = write(
+        tmp_path,
+        "manifest_version: 1\nconnector: c\ncommands:\n"
+        f"  - {{name: A, run: ['{{python}}'], parameters: [{parameter}]}}\n",
+    )
+
+    [parameter] = load_manifest(path, default_timeout=30, environ={}).commands[0].parameters
+
+    assert parameter.validator is not None
+    assert schemas.value_problems(parameter.validator, good, secret=False) == []
+    assert schemas.value_problems(parameter.validator, bad, secret=False) == [
+        ("", f"{bad!r} is not a {schema_format!r}")
+    ]
+
+
+def test_every_format_of_draft_2020_12_is_checked() -> None:
+    draft_2020_12 = {
+        *("date", "date-time", "time", "duration", "email", "idn-email", "hostname", "idn-hostname"),
+        *("ipv4", "ipv6", "uri", "uri-reference", "iri", "iri-reference", "uri-template"),
+        *("json-pointer", "relative-json-pointer", "regex", "uuid"),
+    }
+
+    assert set(schemas.CHECKED_FORMATS) == draft_2020_12
+
+
+@pytest.mark.parametrize(
+    "example", ["manifests/http.yaml", "examples/node-connector/manifest.yaml", "examples/go-connector/manifest.yaml"]
+)
+def test_the_shipped_manifests_mark_their_credentials_secret(example: str) -> None:
+    document = yaml.safe_load((Path(__file__).parent.parent / example).read_text())
+    credentials = [
+        (command["name"], parameter["id"], parameter.get("secret", False))
+        for command in document["commands"]
+        for parameter in command.get("parameters", [])
+        if any(word in parameter["id"] for word in ("token", "password", "secret", "api_key"))
+    ]
+
+    assert credentials
+    assert all(secret for _, _, secret in credentials), credentials
+
+
+BROKEN_VALUES = st.sampled_from([None, 0, -1, 0.5, "", "x", True, [], [1], ["x"], {}, {"zz": 1}, {"name": 1}])
+
+
+def locations(node: Any, prefix: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    found = [prefix]
+    if isinstance(node, dict):
+        found += [location for key, value in node.items() for location in locations(value, (*prefix, key))]
+    elif isinstance(node, list):
+        found += [location for index, value in enumerate(node) for location in locations(value, (*prefix, index))]
+    return found
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_any_broken_part_is_reported_never_crashed_on(data: st.DataObject) -> None:
+    document = yaml.safe_load(BROKEN_BASE)
+    for _ in range(data.draw(st.integers(1, 4))):
+        *parents, last = data.draw(st.sampled_from(locations(document)[1:]))
+        holder = document
+        for part in parents:
+            holder = holder[part]
+        change = data.draw(st.sampled_from(["replace", "delete", "add a key"]))
+        if change == "delete" and isinstance(holder, dict):
+            del holder[last]
+        elif change == "add a key" and isinstance(holder[last], dict):
+            holder[last][data.draw(st.sampled_from(["zz", "name", "id", "run"]))] = 1
+        else:
+            holder[last] = copy.deepcopy(data.draw(BROKEN_VALUES))
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "m.yaml"
+        path.write_text(yaml.safe_dump(document))
+        with contextlib.suppress(ManifestError):
+            load_manifest(path, default_timeout=30, environ={})
+
+
+BROKEN_BASE = """\
+manifest_version: 1
+connector: c
+defaults: {run: ['{python}', -c, pass], timeout: 10, env: {A: b}, mode: worker, workers: {size: 1}}
+commands:
+  - name: A
+    parameters:
+      - {id: x, type: str}
+      - {id: y, schema: {type: integer}, default: 2}
+    concurrency: 2
+    queue: 1
+    limits: {cpu_seconds: 2}
+  - {name: B, run: [./nope.sh], spiff_keys: none, inherit_env: [X], mode: spawn}
+auths:
+  - name: O
+    parameters: [{id: p, type: str, secret: true}]
+"""

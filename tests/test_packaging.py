@@ -132,3 +132,14 @@ def test_installed_package_carries_every_template_and_scaffolds_a_connector_that
         outputs.append(output)
 
     assert '"message": "Hello, Ada!"' in outputs[-1]
+
+
+def test_installed_package_brings_the_format_checkers_with_it(installed: Path) -> None:
+    # Without them a parameter's `format: date-time` or `format: uri` would be checked or refused
+    # depending on what else is installed.
+    [metadata] = installed.glob("connector_gateway-*.dist-info/METADATA")
+    requirements = [
+        line.split(":", 1)[1].strip() for line in metadata.read_text().splitlines() if line.startswith("Requires-Dist:")
+    ]
+
+    assert "jsonschema[format-nongpl]>=4.18" in requirements

@@ -67,3 +67,31 @@ def test_catalog_is_sorted_by_id(tmp_path: Path) -> None:
     assert registry.commands_json == (
         b'[{"id":"alpha/C","parameters":[]},{"id":"zeta/A","parameters":[]},{"id":"zeta/B","parameters":[]}]'
     )
+
+
+def test_manifests_are_warned_of_the_wait_for_a_run_slot_they_are_loaded_with(tmp_path: Path) -> None:
+    path = tmp_path / "slow.yaml"
+    path.write_text(f"manifest_version: 1\nconnector: slow\ncommands:\n  - {{name: Export, timeout: 30, {RUN}}}\n")
+
+    [relaxed] = load_registry((tmp_path,), default_timeout=30).manifests
+    [crowded] = load_registry((tmp_path,), default_timeout=30, max_wait=15).manifests
+
+    assert relaxed.warnings == ()
+    assert crowded.warnings == (
+        "commands[0] (Export).timeout: 30 s plus up to 15 s of waiting for a run slot (CONNECTOR_GATEWAY_MAX_WAIT) "
+        "reaches Arena's own limit of 45 s; Arena may give up on a request that waited and retry while it runs. "
+        "Keep the two together under 45 s.",
+    )
+
+
+def test_an_invalid_manifest_keeps_its_warnings(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        f"manifest_version: 1\nconnector: bad\ncommands:\n  - {{name: A, timeout: 50, {RUN}}}\n  - {{name: A, {RUN}}}\n"
+    )
+
+    [failure] = load_registry((tmp_path,), default_timeout=30).failures
+
+    assert failure.problems == ["commands[1].name: 'A' is already used by commands[0]"]
+    assert [warning.split(";")[0] for warning in failure.warnings] == [
+        "commands[0] (A).timeout: 50 s is at or above Arena's own limit of 45 s"
+    ]
