@@ -50,6 +50,8 @@ environment variables (flags win over them):
   {ENV_PREFIX}MANIFESTS       manifest directories, separated by ':' (default: the bundled ones)
   {ENV_PREFIX}TIMEOUT         time limit in seconds for commands whose manifest sets none (default 30)
   {ENV_PREFIX}MAX_BODY_BYTES  largest request body accepted (default 33554432, 32 MiB)
+  {ENV_PREFIX}MAX_BUFFERED_BODY_BYTES  request bodies held at once, all requests together
+                              (default 134217728, 128 MiB); beyond: 429
   {ENV_PREFIX}MAX_STDOUT_BYTES  largest answer a connector may print (default 16777216, 16 MiB)
   {ENV_PREFIX}MAX_STDERR_LINES  connector stderr lines kept per request, for the log and spiff__logs
                               (default 100; 0: none)

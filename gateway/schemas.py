@@ -85,7 +85,7 @@ def load_problems(schema: Mapping[str, Any]) -> list[tuple[str, str]]:
                 (
                     location,
                     f"format {value!r} is not checked by this gateway (it checks {checked}); "
-                    "use a 'pattern' instead, or install the package that checks it",
+                    "use a 'pattern' instead",
                 )
             )
         elif keyword in ("$ref", "$dynamicRef"):

@@ -179,7 +179,7 @@ def test_what_the_meta_schema_cannot_say_is_reported_too(tmp_path: Path) -> None
         "commands[0] (Tag).parameters[1] (b).schema.format: format 'credit-card' is not checked by this gateway "
         "(it checks date, "
     )
-    assert found[1].endswith("); use a 'pattern' instead, or install the package that checks it")
+    assert found[1].endswith("); use a 'pattern' instead")
     assert found[2:] == [
         "commands[0] (Tag).parameters[2] (c).schema.$ref: 'https://example.com/schemas/c.json' points outside the "
         "parameter's schema, which the gateway never fetches; put what it refers to under '$defs' and refer to "
