@@ -336,7 +336,7 @@ def test_the_wait_for_a_run_slot_counts_towards_arenas_limit(tmp_path: Path) -> 
         ("time", "07:30:00+01:00", "half past seven"),
         ("uri", "https://example.com/a?b=c", "not a uri"),
         ("hostname", "ledger.example.com", "-ledger-"),
-        ("duration", "P3DT4H", "three days"),
+        ("uri-template", "https://example.com/{id}", "https://example.com/{id"),
         ("json-pointer", "/a/0", "a/0"),
     ],
 )
@@ -357,14 +357,30 @@ def test_formats_beyond_jsonschemas_own_are_checked(tmp_path: Path, schema_forma
     ]
 
 
-def test_every_format_of_draft_2020_12_is_checked() -> None:
-    draft_2020_12 = {
-        *("date", "date-time", "time", "duration", "email", "idn-email", "hostname", "idn-hostname"),
-        *("ipv4", "ipv6", "uri", "uri-reference", "iri", "iri-reference", "uri-template"),
+def test_the_checked_formats_are_the_documented_ones_and_all_have_a_checker() -> None:
+    documented = {
+        *("date", "date-time", "time", "email", "idn-email", "hostname", "idn-hostname"),
+        *("ipv4", "ipv6", "uri", "uri-reference", "uri-template"),
         *("json-pointer", "relative-json-pointer", "regex", "uuid"),
     }
 
-    assert set(schemas.CHECKED_FORMATS) == draft_2020_12
+    assert set(schemas.CHECKED_FORMATS) == documented
+    assert set(schemas.FORMAT_CHECKER.checkers) == documented
+
+
+@pytest.mark.parametrize("schema_format", ["duration", "iri", "phone"])
+def test_a_format_the_gateway_does_not_check_is_refused_at_load(tmp_path: Path, schema_format: str) -> None:
+    parameter = f"{{id: v, schema: {{type: string, format: {schema_format}}}}}"
+    path = write(
+        tmp_path,
+        "manifest_version: 1\nconnector: c\ncommands:\n"
+        f"  - {{name: A, run: ['{{python}}'], parameters: [{parameter}]}}\n",
+    )
+
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(path, default_timeout=30, environ={})
+
+    assert f"format {schema_format!r} is not checked by this gateway" in str(raised.value)
 
 
 @pytest.mark.parametrize(
