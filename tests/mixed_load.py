@@ -1,13 +1,15 @@
 """Mixed load against a gateway on loopback, and what the gateway holds before and after it.
 
-The mix runs the fake connector's good and bad behaviours side by side with requests
-refused before dispatch and callers that hang up. `tests/test_load.py` and
-`bench/soak.py` share it; stdlib only, so the soak needs no test dependencies.
+The mix runs the fake connector's good and bad behaviours side by side with the fake
+worker's (tests/manifests-load: pools of long-lived processes), requests refused before
+dispatch and callers that hang up. `tests/test_load.py` and `bench/soak.py` share it;
+stdlib only, so the soak needs no test dependencies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import ipaddress
 import itertools
@@ -30,6 +32,7 @@ from typing import Any
 from serving import free_port, wait_until_live
 
 FAKE_MANIFESTS = Path(__file__).resolve().parent / "manifests"
+WORKER_MANIFESTS = Path(__file__).resolve().parent / "manifests-load"
 # The gateway under load starts with this stdout limit, so that a flood is refused after a few reads.
 MAX_STDOUT_BYTES = 65536
 
@@ -48,6 +51,9 @@ class Kind:
     code: str | None = None
     # How the caller hangs up instead of reading an answer: after the request, or halfway through the body.
     hangup: str | None = None
+    # A body sent first to the same command, which must be answered without an error; the pair goes in turn
+    # with the other pairs of its kind, each from one client.
+    first: bytes | None = None
 
 
 def _json(value: Any) -> bytes:
@@ -68,8 +74,14 @@ _OWN_ERROR = json.dumps(
 
 # Weights are per 1,000 requests. Most are quick; a timeout holds a run slot for 0.5 s and a
 # connector that ignores SIGTERM for 1.5 s (its time limit, then the kill grace).
+# The worker_ kinds go to the fake worker's pools: "shared" takes 4 requests at a time per worker, and its
+# 2 workers live as long as the gateway; "alone" is one worker taking one request at a time, replaced
+# after garbage, a timeout or a hang-up, so those hold the pool up to 0.5 s each and are rare.
+# A worker that exits before its first answer delays the next start (the restart backoff), which would
+# refuse the requests behind it at random: so a crash goes to a pool of its own, "crashing", after an
+# echo on the same worker.
 MIX = (
-    Kind("echo", 380, "/v1/do/fake/Echo", _json({"text": "hello", "count": 2, "extra": {"a": [1, 2]}})),
+    Kind("echo", 300, "/v1/do/fake/Echo", _json({"text": "hello", "count": 2, "extra": {"a": [1, 2]}})),
     Kind("emit_json", 120, "/v1/do/fake/Emit", _emit('{"ok": true}', "one\ntwo\n")),
     Kind("emit_text", 30, "/v1/do/fake/Emit", _emit("plain text")),
     Kind("own_error", 30, "/v1/do/fake/Emit", _emit(_OWN_ERROR), code="TicketNotFound"),
@@ -112,7 +124,50 @@ MIX = (
     Kind("liveness", 10, "/v1/liveness", method="GET"),
     Kind("hangup_running", 25, "/v1/do/fake/Sleep", _json({"seconds": 30}), status=None, hangup="after_request"),
     Kind("hangup_in_body", 10, "/v1/do/fake/Echo", _json({"text": "x" * 200}), status=None, hangup="in_body"),
+    Kind("worker_echo", 80, "/v1/do/worker/Shared", _json({"text": "hello", "extra": {"a": [1, 2]}})),
+    # A worker taking several requests reads them one after another: those sent while it sleeps wait in its stdin.
+    Kind("worker_sleep", 20, "/v1/do/worker/Shared", _json({"do": "sleep", "seconds": 0.2})),
+    Kind("worker_echo_alone", 20, "/v1/do/worker/Alone", _json({"text": "hello"})),
+    Kind("worker_garbage", 10, "/v1/do/worker/Alone", _json({"do": "garbage"}), code="connector_invalid_output"),
+    Kind(
+        "worker_timeout", 5, "/v1/do/worker/AloneSlow", _json({"do": "sleep", "seconds": 30}), code="connector_timeout"
+    ),
+    Kind(
+        "worker_crash",
+        5,
+        "/v1/do/worker/Crashing",
+        _json({"do": "crash"}),
+        code="connector_crashed",
+        first=_json({"do": "echo"}),
+    ),
+    # Hang-ups while a worker holds the request: the alone pool replaces its worker; a shared worker is
+    # sent a cancellation, and its late answer is dropped.
+    Kind(
+        "worker_hangup",
+        5,
+        "/v1/do/worker/AloneSlow",
+        _json({"do": "sleep", "seconds": 30}),
+        status=None,
+        hangup="after_request",
+    ),
+    Kind(
+        "worker_cancel",
+        5,
+        "/v1/do/worker/Shared",
+        _json({"do": "sleep", "seconds": 0.3}),
+        status=None,
+        hangup="after_request",
+    ),
 )
+# The workers of each pool when the gateway is at rest, by the word that ends their command line: the
+# shared pool's 2 start with the gateway and stay; the crashing pool's all crash; the alone pool replaces
+# a worker only when a request needs one, so the request in TOP_UP starts it if the load left none.
+RESTING_WORKERS = Counter({"shared": 2, "alone": 1})
+TOP_UP = tuple(kind for kind in MIX if kind.name == "worker_echo_alone")
+WORKER_PROGRAM = "fake_worker.py"
+
+# The kinds sent in pairs, each pair in turn.
+_IN_TURN = {kind.name: threading.Lock() for kind in MIX if kind.first is not None}
 
 
 def planned(count: int, seed: int) -> list[Kind]:
@@ -160,6 +215,25 @@ class Outcome:
 
 
 def send(target: Target, kind: Kind, timeout: float) -> Outcome:
+    if kind.first is None:
+        return _send(target, kind, timeout)
+    turn = _IN_TURN[kind.name]
+    if not turn.acquire(timeout=timeout):
+        return Outcome(kind, timeout, problem=f"not sent: the pairs before it took more than {timeout:g} s")
+    try:
+        ahead = dataclasses.replace(
+            kind, name=f"{kind.name} (first)", body=kind.first, status=200, code=None, first=None
+        )
+        first = _send(target, ahead, timeout)
+        if not first.as_expected:
+            problem = f"the request before it got {first.status} {first.code}: {first.problem}"
+            return Outcome(kind, first.seconds, problem=problem)
+        return _send(target, kind, timeout)
+    finally:
+        turn.release()
+
+
+def _send(target: Target, kind: Kind, timeout: float) -> Outcome:
     started = time.perf_counter()
     try:
         if kind.hangup is not None:
@@ -202,7 +276,7 @@ def _hang_up(target: Target, kind: Kind, timeout: float) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         else:
             sock.sendall(head + kind.body)
-            time.sleep(0.1)  # the connector is running by now; its time limit is 0.5 s
+            time.sleep(0.1)  # the connector is running by now (or waits for a worker); its time limit is 0.5 s
 
 
 def _read_answer(kind: Kind, status: int, answer: Any) -> tuple[str | None, str | None]:
@@ -243,8 +317,9 @@ def run_load(target: Target, kinds: Iterable[Kind], concurrency: int, deadline: 
     for thread in threads:
         thread.start()
     for thread in threads:
-        # Every request is bounded by `timeout` (a hang-up adds 0.1 s), so this wait is too.
-        thread.join(max(0.0, deadline - time.monotonic()) + timeout + 5)
+        # Every request is bounded by `timeout` (a hang-up adds 0.1 s; a pair waits its turn, then sends two),
+        # so this wait is too.
+        thread.join(max(0.0, deadline - time.monotonic()) + 3 * timeout + 5)
     with lock:
         return list(outcomes)
 
@@ -265,7 +340,7 @@ class Gateway:
 
 @contextlib.contextmanager
 def started_gateway(workdir: Path, max_running: int = 64) -> Iterator[Gateway]:
-    """The gateway as a real server over the fake manifests, with room for the load; stopped on exit."""
+    """The gateway as a real server over the fake connector and worker, with room for the load; stopped on exit."""
     port = free_port()
     marker = workdir / "connector-tmp"
     marker.mkdir()
@@ -278,7 +353,8 @@ def started_gateway(workdir: Path, max_running: int = 64) -> Iterator[Gateway]:
         TMPDIR=str(marker),
     )
     log = workdir / "gateway.log"
-    argv = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--manifests", str(FAKE_MANIFESTS)]
+    argv = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+    argv += ["--manifests", str(FAKE_MANIFESTS), "--manifests", str(WORKER_MANIFESTS)]
     with log.open("wb") as sink:
         process = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT)
     try:
@@ -306,11 +382,31 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Process:
+    """A connector process: its state (R, S, Z for a zombie, ...) and name from /proc/PID/stat, and its arguments."""
+
+    pid: int
+    state: str
+    name: str
+    argv: tuple[str, ...]
+
+    @property
+    def pool(self) -> str | None:
+        """The pool of the fake worker this process is, by the word after the worker's path; None if it is none."""
+        if self.state != "Z" and len(self.argv) >= 2 and Path(self.argv[-2]).name == WORKER_PROGRAM:
+            return self.argv[-1]
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.pid} {self.state} {self.name} {' '.join(self.argv) or '?'}"
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """The gateway's open descriptors (by what they point at), its connector processes, memory and threads."""
 
     descriptors: list[str]
-    processes: dict[int, str] = field(default_factory=dict)
+    processes: dict[int, Process] = field(default_factory=dict)
     rss_kib: int | None = None
     threads: int | None = None
 
@@ -322,11 +418,25 @@ class Snapshot:
         """Descriptors open now that were not open before, by what they point at."""
         return Counter(self.descriptors) - Counter(before.descriptors)
 
+    def workers(self) -> Counter[str]:
+        """The fake worker's processes, counted by pool."""
+        return Counter(process.pool for process in self.processes.values() if process.pool is not None)
+
+    def others(self) -> dict[int, Process]:
+        """The processes that are not a running fake worker: spawned connectors, what they started, zombies."""
+        return {pid: process for pid, process in self.processes.items() if process.pool is None}
+
     def idle(self) -> bool:
-        return not self.processes and CONNECTION not in self.descriptors
+        """No connection, and no process but the workers each pool has at rest (see `rested`)."""
+        return not self.others() and self.workers() == RESTING_WORKERS and CONNECTION not in self.descriptors
 
     def holds_no_more_than(self, before: Snapshot) -> bool:
-        return not self.opened_since(before) and self.processes.keys() <= before.processes.keys()
+        """No descriptor and no process that were not there before; workers, which pools replace, by pool."""
+        return (
+            not self.opened_since(before)
+            and self.workers() <= before.workers()
+            and self.others().keys() <= before.others().keys()
+        )
 
 
 def open_descriptors(pid: int) -> list[str]:
@@ -377,7 +487,7 @@ def thread_count(pid: int) -> int | None:
     return None
 
 
-def connector_processes(pid: int, marker: str | None) -> dict[int, str]:
+def connector_processes(pid: int, marker: str | None) -> dict[int, Process]:
     """Every descendant of the gateway, and every process carrying its connectors' mark (TMPDIR=marker).
 
     The mark finds what escaped the family tree: a grandchild whose parent exited is
@@ -385,7 +495,7 @@ def connector_processes(pid: int, marker: str | None) -> dict[int, str]:
     """
     stats = _all_stats()
     children: dict[int, list[int]] = {}
-    for child, (ppid, _) in stats.items():
+    for child, (ppid, _, _) in stats.items():
         children.setdefault(ppid, []).append(child)
     found: set[int] = set()
     pending = list(children.get(pid, []))
@@ -397,11 +507,11 @@ def connector_processes(pid: int, marker: str | None) -> dict[int, str]:
     if marker is not None:
         mark = f"TMPDIR={marker}".encode()
         found.update(other for other in stats if other != pid and mark in _environment(other))
-    return {other: f"{other} {stats[other][1]} {_command_line(other)}" for other in sorted(found) if other in stats}
+    return {other: Process(other, *stats[other][1:], _arguments(other)) for other in sorted(found) if other in stats}
 
 
-def _all_stats() -> dict[int, tuple[int, str]]:
-    """Parent pid and state of every process: (ppid, "state comm")."""
+def _all_stats() -> dict[int, tuple[int, str, str]]:
+    """Parent pid, state and name of every process: (ppid, state, comm)."""
     stats = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -413,7 +523,7 @@ def _all_stats() -> dict[int, tuple[int, str]]:
             continue
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-        stats[int(entry)] = (int(ppid), f"{state} {comm}")
+        stats[int(entry)] = (int(ppid), state, comm)
     return stats
 
 
@@ -425,12 +535,14 @@ def _environment(pid: int) -> list[bytes]:
         return []
 
 
-def _command_line(pid: int) -> str:
+def _arguments(pid: int) -> tuple[str, ...]:
+    """The command line, empty for a zombie or a process gone."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as file:
-            return file.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            arguments = file.read().decode(errors="replace")
     except OSError:
-        return "?"
+        return ()
+    return tuple(arguments.rstrip("\0").split("\0")) if arguments else ()
 
 
 def settle(pid: int, marker: str | None, timeout: float, until: Callable[[Snapshot], bool]) -> Snapshot:
@@ -447,12 +559,24 @@ def warmed_up(gateway_pid: int, marker: str | None, target: Target, timeout: flo
     """Send one request of each answered kind, then take the snapshot to compare with after the load.
 
     It is taken once the gateway is idle (the warm-up's connections closed, its connectors
-    gone), or after `timeout` if it never is.
+    gone, its worker pools at rest), or after `timeout` if it never is.
     """
     for kind in MIX:
         if kind.hangup is None:
             send(target, kind, timeout)
-    return settle(gateway_pid, marker, timeout, until=Snapshot.idle)
+    return rested(gateway_pid, marker, target, timeout, until=Snapshot.idle)
+
+
+def rested(
+    gateway_pid: int, marker: str | None, target: Target, timeout: float, until: Callable[[Snapshot], bool]
+) -> Snapshot:
+    """Bring the worker pools to the size they have at rest (`RESTING_WORKERS`), then `settle`.
+
+    A pool replaces a worker it gave up on when a request needs one, so the load leaves it one short at times.
+    """
+    for kind in TOP_UP:
+        send(target, kind, timeout)
+    return settle(gateway_pid, marker, timeout, until)
 
 
 def percentile(values: list[float], fraction: float) -> float:
