@@ -4,8 +4,9 @@
     python bench/soak.py --duration 60 --concurrency 16
     python bench/soak.py --url http://127.0.0.1:7004 --duration 300
 
-Without --url it starts a gateway over tests/manifests (the fake connector), as
-tests/test_load.py does. A gateway given by --url must serve those manifests with
+Without --url it starts a gateway over tests/manifests and tests/manifests-load (the
+fake connector, and the fake worker in three pools), as tests/test_load.py does. A
+gateway given by --url must serve those manifests with
 CONNECTOR_GATEWAY_MAX_STDOUT_BYTES=65536 for every answer to be the expected one;
 its process is found by its listening port, or given with --pid. Only loopback
 targets are accepted. Exit status 1 when an answer was unexpected or the gateway
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
         after = None
         if subject.pid is not None and before is not None:
-            after = mixed_load.settle(subject.pid, subject.marker, SETTLE, before.holds_no_more_than)
+            after = mixed_load.rested(subject.pid, subject.marker, subject.target, SETTLE, before.holds_no_more_than)
         log = subject.log.read_text(errors="replace") if subject.log else None
 
     print(_report(args, subject, outcomes, elapsed, before, after, log))
@@ -96,7 +97,7 @@ def _bounded(kind: type[int] | type[float], low: float, high: float) -> Callable
 def _subject(args: argparse.Namespace) -> Iterator[Subject]:
     if args.url is None:
         with tempfile.TemporaryDirectory(prefix="soak-") as workdir, mixed_load.started_gateway(Path(workdir)) as gw:
-            description = "started by soak.py over tests/manifests"
+            description = "started by soak.py over tests/manifests and tests/manifests-load"
             yield Subject(gw.target, description, gw.process.pid, gw.marker, gw.log)
         return
 
@@ -182,10 +183,14 @@ def _gateway(before: Snapshot | None, after: Snapshot | None, log: str | None) -
         f"  VmRSS               {_mib(before.rss_kib):>10} {_mib(after.rss_kib):>10}",
         f"  threads             {before.threads!s:>10} {after.threads!s:>10}",
         f"  open descriptors    {len(before.descriptors):>10} {len(after.descriptors):>10}",
-        f"  child processes     {len(before.processes):>10} {len(after.processes):>10}",
+        f"  workers             {before.workers().total():>10} {after.workers().total():>10}",
+        f"  other processes     {len(before.others()):>10} {len(after.others()):>10}",
     ]
     lines += [f"  left open: {target} x{count}" for target, count in after.opened_since(before).items()]
-    lines += [f"  left running: {process}" for process in after.processes.values()]
+    lines += [
+        f"  workers beyond the start: {pool} x{count}" for pool, count in (after.workers() - before.workers()).items()
+    ]
+    lines += [f"  left running: {process}" for pid, process in after.others().items() if pid not in before.others()]
     if log is not None:
         levels = Counter(re.findall(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ", log, flags=re.MULTILINE))
         lines.append(
