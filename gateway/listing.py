@@ -1,5 +1,6 @@
 """`connector-gateway list`: the commands the manifest directories serve, with their parameters,
-and the manifests that could not be loaded, with every problem found in them."""
+the warnings of the manifests that loaded, and the manifests that could not be loaded, with every
+problem found in them."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ from gateway.registry import Registry
 
 
 def as_json(registry: Registry) -> dict[str, Any]:
-    """The listing for scripts: every command with its parameters, and every manifest that failed."""
+    """The listing for scripts: every command with its parameters, warnings, and every manifest that failed."""
     return {
         "commands": [_command_json(command) for command in _sorted(registry)],
+        "warnings": [
+            {"manifest": str(manifest.path), "warning": warning}
+            for manifest in registry.manifests
+            for warning in manifest.warnings
+        ],
         "failures": [
             {"manifest": str(failure.path), "problems": list(failure.problems)} for failure in registry.failures
         ],
@@ -21,8 +27,13 @@ def as_json(registry: Registry) -> dict[str, Any]:
 
 
 def as_text(registry: Registry) -> str:
-    """The listing for people: a block per command, then the failures, then a count."""
+    """The listing for people: a block per command, then warnings, then the failures, then a count."""
     blocks = ["\n".join(_command_lines(command)) for command in _sorted(registry)]
+    warnings = [
+        f"warning {manifest.path}: {warning}" for manifest in registry.manifests for warning in manifest.warnings
+    ]
+    if warnings:
+        blocks.append("\n".join(warnings))
     for failure in registry.failures:
         blocks.append("\n".join([f"error   {failure.path}:", *(f"  - {problem}" for problem in failure.problems)]))
     total = len(registry.manifests) + len(registry.failures)

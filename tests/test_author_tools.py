@@ -332,6 +332,7 @@ def test_list_shows_every_command_and_every_failed_manifest(tmp_path: Path, caps
             defaults: {run: ["{python}", x.py], timeout: 5}
             commands:
               - name: Ping
+                timeout: 50
               - name: Open
                 description: Opens the vault.
                 parameters:
@@ -341,6 +342,10 @@ def test_list_shows_every_command_and_every_failed_manifest(tmp_path: Path, caps
         """)
     )
     capsys.readouterr()
+    ping_warning = (
+        "commands[0] (Ping).timeout: 50 s is at or above Arena's own limit of 45 s; Arena may give up and retry "
+        "while the first run goes on. Keep synchronous commands well under 45 s."
+    )
 
     assert main(["list", "--manifests", str(greeter), "--manifests", str(others)]) == 1
 
@@ -357,8 +362,10 @@ def test_list_shows_every_command_and_every_failed_manifest(tmp_path: Path, caps
           extra  any  optional
 
         vault/Ping
-          spawn mode, timeout 5 s, from {others / "vault.yaml"}
+          spawn mode, timeout 50 s, from {others / "vault.yaml"}
           (no parameters)
+
+        warning {others / "vault.yaml"}: {ping_warning}
 
         error   {others / "bad.yaml"}:
           - commands[0].timeout: 'soon' is not of type 'number'
@@ -403,11 +410,12 @@ def test_list_shows_every_command_and_every_failed_manifest(tmp_path: Path, caps
             {
                 "id": "vault/Ping",
                 "mode": "spawn",
-                "timeout": 5.0,
+                "timeout": 50.0,
                 "manifest": str(others / "vault.yaml"),
                 "parameters": [],
             },
         ],
+        "warnings": [{"manifest": str(others / "vault.yaml"), "warning": ping_warning}],
         "failures": [
             {
                 "manifest": str(others / "bad.yaml"),
