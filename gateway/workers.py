@@ -530,9 +530,11 @@ class Pool:
         try:
             return await future
         except _Expired:
+            # Taken alone, its own lines; shared, the worker's lines since it took this request.
+            logs = stderr.logs() if stderr else worker.stderr.since(pending.stderr_mark)[0]
             self._abandon(worker, request_id)
             self._note_expiry(worker)
-            raise self._timeout(command, stderr.logs() if stderr else []) from None
+            raise self._timeout(command, logs) from None
         except asyncio.CancelledError:
             self._abandon(worker, request_id)
             raise

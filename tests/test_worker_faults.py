@@ -20,11 +20,11 @@ from gateway.runner import Limits
 WORKER = Path(__file__).parent / "connectors" / "fake_worker.py"
 
 
-def write_manifest(directory: Path, concurrency: int) -> Path:
+def write_manifest(directory: Path, concurrency: int, timeout: float = 5) -> Path:
     (directory / "cf.yaml").write_text(
         "manifest_version: 1\nconnector: cf\n"
         f"defaults: {{run: ['{{python}}', -I, -S, '{WORKER}'], mode: worker,"
-        f" workers: {{size: 1, concurrency: {concurrency}}}, timeout: 5}}\n"
+        f" workers: {{size: 1, concurrency: {concurrency}}}, timeout: {timeout}}}\n"
         "commands:\n"
         "  - name: Do\n"
         "    parameters: [{id: do, type: str}, {id: password, type: str, secret: true}]\n"
@@ -32,8 +32,8 @@ def write_manifest(directory: Path, concurrency: int) -> Path:
     return directory
 
 
-def serve(directory: Path, concurrency: int = 1, limits: Limits = FAST_LIMITS) -> TestClient:
-    app = create_app(make_settings(manifest_dirs=(write_manifest(directory, concurrency),), limits=limits))
+def serve(directory: Path, concurrency: int = 1, limits: Limits = FAST_LIMITS, timeout: float = 5) -> TestClient:
+    app = create_app(make_settings(manifest_dirs=(write_manifest(directory, concurrency, timeout),), limits=limits))
     assert app.state.registry.failures == ()
     return TestClient(app)
 
@@ -116,6 +116,19 @@ def test_a_crashed_worker_leaves_its_last_stderr_lines_in_the_answer(
         "Its last stderr lines: opening the ledger | disk full, giving up",
     }
     assert answer["spiff__logs"] == ["opening the ledger", "disk full, giving up"]
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_request_past_its_deadline_keeps_the_stderr_written_for_it(
+    tmp_path: Path, protocol: Protocol, concurrency: int
+) -> None:
+    with serve(tmp_path, concurrency, timeout=0.5) as client:
+        do(client, protocol, {"do": "stderr", "text": "an earlier request"})
+        answer = do(client, protocol, {"do": "sleep", "seconds": 5, "say": "waiting on the ledger"})
+
+    assert answer["error"]["error_code"] == "connector_timeout"
+    assert answer["command_response"]["http_status"] == 504
+    assert answer["spiff__logs"] == ["waiting on the ledger"]
 
 
 def test_a_crash_without_stderr_says_so(tmp_path: Path, protocol: Protocol) -> None:

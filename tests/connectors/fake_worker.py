@@ -30,6 +30,9 @@ def handle(request):
     action = payload.get("do", "echo")
     reply = {"id": request["id"]}
     if action == "sleep":
+        if "say" in payload:
+            sys.stderr.write(payload["say"] + "\n")
+            sys.stderr.flush()
         time.sleep(payload.get("seconds", 60))
         slept = {"slept": payload.get("seconds", 60), "pid": os.getpid(), "greeting": os.environ.get("GREETING")}
         answer({**reply, "result": slept})
