@@ -111,7 +111,15 @@ def from_output(finished: Finished, command_id: str, redact: Redactor) -> dict[s
         raise InvalidOutput(
             f"The connector for '{command_id}' printed JSON nested more than {MAX_DEPTH} levels deep.", logs
         )
-    text = finished.stdout.decode("utf-8", errors="replace")
+    try:
+        text = finished.stdout.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # Replacing the bytes would hand Arena an answer that silently differs from what was printed.
+        raise InvalidOutput(
+            f"The connector for '{command_id}' printed bytes that are not UTF-8 text "
+            f"(the first at byte {exc.start} of its output).",
+            logs,
+        ) from None
     try:
         value = _DECODER.decode(text)
     except (ValueError, RecursionError):

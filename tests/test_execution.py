@@ -238,10 +238,21 @@ def test_a_number_past_a_floats_range_in_an_answer_is_refused(
     )
 
 
-def test_invalid_utf8_is_replaced(client: TestClient, protocol: Protocol) -> None:
+def test_output_that_is_not_utf8_is_invalid(client: TestClient, protocol: Protocol) -> None:
     answer = do(client, protocol, "Binary", {})
 
-    assert answer["command_response"]["body"] == {"raw_response": "\ufffd\ufffd\x00garbage\ufffd"}
+    assert answer["error"] == {
+        "error_code": "connector_invalid_output",
+        "message": "The connector for 'fake/Binary' printed bytes that are not UTF-8 text (the first at byte 0 of "
+        "its output).",
+    }
+    assert answer["command_response"]["http_status"] == 502
+
+
+def test_text_in_any_script_is_passed_on_whole(client: TestClient, protocol: Protocol) -> None:
+    answer = do(client, protocol, "Emit", {"stdout": "Grüße, 世界 🚀"})
+
+    assert answer["command_response"]["body"] == {"raw_response": "Grüße, 世界 🚀"}
 
 
 @pytest.mark.parametrize(
