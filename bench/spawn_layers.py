@@ -37,6 +37,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 
 from gateway.app import create_app  # noqa: E402
+from gateway.call import post  # noqa: E402
 from gateway.logs import configure_logging  # noqa: E402
 from gateway.manifest import Command  # noqa: E402
 from gateway.redact import Redactor  # noqa: E402
@@ -123,58 +124,15 @@ def _app_layer(manifests: Path, runs: int) -> list[float]:
 
 
 async def _app_runs(app: Any, runs: int) -> list[float]:
-    async with _lifespan(app):
+    async with app.router.lifespan_context(app):
         return [await _timed(lambda: _asgi_once(app)) for _ in range(runs)]
 
 
 async def _asgi_once(app: Any) -> None:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": PATH,
-        "raw_path": PATH.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")],
-        "server": ("127.0.0.1", 7004),
-        "client": ("127.0.0.1", 50000),
-        "state": {},
-    }
-    messages = [{"type": "http.request", "body": BODY, "more_body": False}]
-    hung_up = asyncio.Event()
-    answer: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop()
-        await hung_up.wait()  # a caller that stays: the gateway watches for a hang-up meanwhile
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        answer.append(message)
-
-    await app(scope, receive, send)
-    assert answer[0]["status"] == 200, answer
-    assert json.loads(answer[1]["body"])["command_response"]["body"] == json.loads(BODY)
-
-
-@contextlib.asynccontextmanager
-async def _lifespan(app: Any) -> Any:
-    """The ASGI lifespan, driven by hand as a server would: start-up before the first request, shut-down after."""
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    task = asyncio.ensure_future(app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, outbox.put))
-    await inbox.put({"type": "lifespan.startup"})
-    assert (await outbox.get())["type"] == "lifespan.startup.complete"
-    try:
-        yield
-    finally:
-        await inbox.put({"type": "lifespan.shutdown"})
-        await outbox.get()
-        await task
+    """One request handed to the app as the server would hand it over, as `connector-gateway call` does."""
+    status, raw = await post(app, "layers/Echo", BODY)
+    assert status == 200, raw
+    assert json.loads(raw)["command_response"]["body"] == json.loads(BODY), raw
 
 
 def _http_layer(manifests: Path, runs: int) -> list[float]:

@@ -73,7 +73,7 @@ def call(settings: Settings, command_id: str, body: bytes, environ: Mapping[str,
 async def _call_in_lifespan(app: Gateway, command_id: str, body: bytes) -> tuple[int, bytes]:
     async with app.router.lifespan_context(app):
         try:
-            return await _post(app, command_id, body)
+            return await post(app, command_id, body)
         except BaseException:
             # Interrupted (Ctrl-C): the lifespan's shutdown is skipped on the way out, so the children are
             # stopped here, while the loop still watches them exit. None may outlive this process.
@@ -82,7 +82,7 @@ async def _call_in_lifespan(app: Gateway, command_id: str, body: bytes) -> tuple
             raise
 
 
-async def _post(app: Gateway, command_id: str, body: bytes) -> tuple[int, bytes]:
+async def post(app: Gateway, command_id: str, body: bytes) -> tuple[int, bytes]:
     """One `POST /v1/do/...` through the app, as the server would hand it over."""
     path = PREFIX + command_id
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
