@@ -577,7 +577,8 @@ def _smoke(row: Row, url: str) -> None:
     headers = {"Content-Type": "application/json"}
     request = urllib.request.Request(url, data=data, method=row.method, headers=headers)  # noqa: S310 (loopback)
     try:
-        with urllib.request.urlopen(request, timeout=SMOKE_TIMEOUT) as response:  # noqa: S310 (a loopback URL built here)
+        # A loopback URL built here.
+        with urllib.request.urlopen(request, timeout=SMOKE_TIMEOUT) as response:  # noqa: S310
             answer = response.read()
     except urllib.error.HTTPError as exc:
         raise Unavailable(f"{row.method} {row.path} answered {exc.code}: {exc.read()[:300]!r}") from None

@@ -233,7 +233,8 @@ def test_with_bundled_serves_them_after_the_given_directories(monkeypatch: pytes
 
     settings = served["app"].state.settings  # type: ignore[attr-defined]
     assert settings.manifest_dirs == (FAKE_MANIFESTS, bundled_manifests())
-    assert {"fake/Echo", "http/GetRequestV2"} <= set(served["app"].state.registry.commands)  # type: ignore[attr-defined]
+    registry = served["app"].state.registry  # type: ignore[attr-defined]
+    assert {"fake/Echo", "http/GetRequestV2"} <= set(registry.commands)
 
 
 @pytest.mark.parametrize(

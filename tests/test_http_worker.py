@@ -334,7 +334,8 @@ def bundled() -> Iterator[TestClient]:
 
 
 def test_the_bundled_manifest_runs_one_pool_of_workers_for_every_command(bundled: TestClient) -> None:
-    commands = [bundled.app.state.registry.commands[command] for command in COMMANDS.values()]  # type: ignore[attr-defined]
+    registry = bundled.app.state.registry  # type: ignore[attr-defined]
+    commands = [registry.commands[command] for command in COMMANDS.values()]
 
     assert {command.workers for command in commands} == {WorkerSettings(size=2, concurrency=8, start="lazy")}
     assert len({command.pool_key for command in commands}) == 1

@@ -80,7 +80,8 @@ def test_process_and_registry_gauges(client: TestClient) -> None:
     assert samples["connector_gateway_processes_spawned_total"][(("mode", "worker"),)] == 0
     assert samples["connector_gateway_requests_in_flight"][()] == 1  # the scrape itself
     assert samples["connector_gateway_requests_queued"][()] == 0
-    assert samples["connector_gateway_commands"][()] == len(client.app.state.registry.commands)  # type: ignore[attr-defined]
+    registry = client.app.state.registry  # type: ignore[attr-defined]
+    assert samples["connector_gateway_commands"][()] == len(registry.commands)
     assert samples["connector_gateway_manifests_failed"][()] == 0
 
 
@@ -151,7 +152,8 @@ def test_worker_counters_outlive_a_reload_and_each_connector_has_one_series(pool
     before = pooled.get("/metrics").text
 
     # Every pool of the connector is replaced by one of a new definition.
-    (Path(pooled.app.state.settings.manifest_dirs[0]) / "pool.yaml").write_text(pooled_manifest(max_requests=99))  # type: ignore[attr-defined]
+    directory = Path(pooled.app.state.settings.manifest_dirs[0])  # type: ignore[attr-defined]
+    (directory / "pool.yaml").write_text(pooled_manifest(max_requests=99))
     reload(pooled)
     after = pooled.get("/metrics").text
 

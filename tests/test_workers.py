@@ -71,7 +71,8 @@ def test_a_worker_serves_many_requests_and_commands(client: TestClient, protocol
     assert seen["env"]["CONNECTOR_MODE"] == "worker"
     assert seen["env"]["CONNECTOR_CONCURRENCY"] == "1"
     assert "CONNECTOR_REQUEST_ID" not in seen["env"]
-    assert client.app.state.pools.of(client.app.state.registry.commands["pool/Do"]).spawned == 1  # type: ignore[attr-defined]
+    state = client.app.state  # type: ignore[attr-defined]
+    assert state.pools.of(state.registry.commands["pool/Do"]).spawned == 1
 
 
 def test_a_failure_answer_keeps_the_worker(client: TestClient, protocol: Protocol) -> None:
@@ -192,7 +193,9 @@ def test_one_worker_crashing_leaves_the_requests_of_the_others_alone(tmp_path: P
 
 def runs_in_progress(client: TestClient) -> float:
     metrics = client.get("/metrics").text
-    return float(re.search(r"^connector_gateway_runs_in_progress (\S+)$", metrics, re.MULTILINE)[1])  # type: ignore[index]
+    found = re.search(r"^connector_gateway_runs_in_progress (\S+)$", metrics, re.MULTILINE)
+    assert found is not None, metrics
+    return float(found[1])
 
 
 def test_stderr_of_a_worker_taking_one_request_is_its_logs(client: TestClient, protocol: Protocol) -> None:
