@@ -30,8 +30,14 @@ from gateway.runner import Finished
 JSON_MIMETYPE = "application/json"
 EX_TEMPFAIL = 75
 
-# The published protocol's ConnectorProxyResponseV2, which every dispatched answer must satisfy.
-_ENVELOPE_SCHEMA = {
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error_code", "message"],
+    "properties": {"error_code": {"type": "string", "minLength": 1}, "message": {"type": "string"}},
+}
+# The published protocol's ConnectorProxyResponseV2, which every dispatched answer must satisfy;
+# /openapi.json describes answers with it too.
+ENVELOPE_SCHEMA = {
     "type": "object",
     "required": ["command_response", "command_response_version", "error", "spiff__logs"],
     "properties": {
@@ -45,19 +51,7 @@ _ENVELOPE_SCHEMA = {
             },
         },
         "command_response_version": {"const": 2},
-        "error": {
-            "oneOf": [
-                {
-                    "type": "object",
-                    "required": ["error_code", "message"],
-                    "properties": {
-                        "error_code": {"type": "string", "minLength": 1},
-                        "message": {"type": "string"},
-                    },
-                },
-                {"type": "null"},
-            ]
-        },
+        "error": {"oneOf": [ERROR_SCHEMA, {"type": "null"}]},
         "spiff__logs": {"type": "array", "items": {"type": "string"}},
     },
 }
@@ -200,7 +194,7 @@ def _plainly_valid(envelope: dict[str, Any]) -> bool:
 
 @cache
 def _envelope_validator() -> jsonschema.Draft202012Validator:
-    return jsonschema.Draft202012Validator(_ENVELOPE_SCHEMA)
+    return jsonschema.Draft202012Validator(ENVELOPE_SCHEMA)
 
 
 def _stderr_tail(finished: Finished) -> str:

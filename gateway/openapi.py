@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gateway import __version__
+from gateway.envelope import ENVELOPE_SCHEMA, ERROR_SCHEMA
 from gateway.manifest import Command, Parameter
 from gateway.schemas import has_references
 from gateway.settings import API_KEY_HEADER
@@ -127,29 +128,8 @@ _RESPONSES = {
 }
 
 _COMPONENTS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error_code", "message"],
-        "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}},
-    },
-    "Envelope": {
-        "type": "object",
-        "required": ["command_response", "command_response_version", "error", "spiff__logs"],
-        "properties": {
-            "command_response": {
-                "type": "object",
-                "required": ["body", "mimetype"],
-                "properties": {
-                    "body": {},
-                    "mimetype": {"type": "string"},
-                    "http_status": {"type": "integer", "minimum": 100, "maximum": 599},
-                },
-            },
-            "command_response_version": {"const": 2},
-            "error": {"oneOf": [{"$ref": "#/components/schemas/Error"}, {"type": "null"}]},
-            "spiff__logs": {"type": "array", "items": {"type": "string"}},
-        },
-    },
+    "Error": ERROR_SCHEMA,
+    "Envelope": ENVELOPE_SCHEMA,
     "ProtocolError": {
         "type": "object",
         "required": ["command_response", "error"],
