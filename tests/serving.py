@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -58,6 +59,26 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.02)
 
 
+def metric(port: int, sample: str) -> float:
+    """The value of one sample of the gateway's /metrics, named with its labels as exposed."""
+    for line in httpx2.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
+        if line.startswith(f"{sample} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {sample}")
+
+
+def send_post(port: int, path: str, payload: dict[str, Any]) -> socket.socket:
+    """A POST sent on a connection left open, so that a test can read its answer or hang up instead."""
+    body = json.dumps(payload).encode()
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    connection.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return connection
+
+
 @dataclass
 class Gateway:
     """A gateway process serving one manifest directory, its output in a log file."""
@@ -77,10 +98,7 @@ class Gateway:
 
     def metric(self, name: str) -> float:
         """The value of a metric without labels, such as `requests_queued`."""
-        for line in httpx2.get(self.url("/metrics")).text.splitlines():
-            if line.startswith(f"connector_gateway_{name} "):
-                return float(line.split()[1])
-        raise AssertionError(f"no metric {name}")
+        return metric(self.port, f"connector_gateway_{name}")
 
     def logged(self) -> str:
         return self.log.read_text()

@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ from gateway import create_app
 from gateway.admission import AdmissionLimits, Slots
 from gateway.errors import Saturated
 from gateway.settings import Settings
-from serving import children, free_port, wait_for, wait_until_live
+from serving import children, free_port, metric, send_post, wait_for, wait_until_live
 
 FAKE = Path(__file__).parent / "connectors" / "fake.py"
 
@@ -212,24 +209,6 @@ def test_the_budget_is_four_bodies_of_the_largest_size_unless_set() -> None:
 # A caller that hangs up while queued for a slot
 
 
-def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
-def send_sleep(port: int, seconds: float) -> socket.socket:
-    body = json.dumps({"seconds": seconds}).encode()
-    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
-    connection.sendall(
-        b"POST /v1/do/one/Sleep HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    return connection
-
-
 def test_a_caller_that_hangs_up_while_queued_is_never_run(tmp_path: Path) -> None:
     manifests = sleeper(tmp_path, ", concurrency: 1, queue: 4, timeout: 30")
     port = free_port()
@@ -242,9 +221,9 @@ def test_a_caller_that_hangs_up_while_queued_is_never_run(tmp_path: Path) -> Non
     )
     try:
         wait_until_live(port, process)
-        running = send_sleep(port, 20)
+        running = send_post(port, "/v1/do/one/Sleep", {"seconds": 20})
         wait_for(lambda: len(children(process.pid)) == 1, 10, "the first run's start")
-        queued = send_sleep(port, 0)
+        queued = send_post(port, "/v1/do/one/Sleep", {"seconds": 0})
         wait_for(lambda: metric(port, "connector_gateway_requests_queued") == 1, 10, "the second request's wait")
 
         queued.close()

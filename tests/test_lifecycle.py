@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import children, free_port, wait_for, wait_until_live
+from serving import children, free_port, send_post, wait_for, wait_until_live
 
 FAKE = Path(__file__).parent / "connectors" / "fake.py"
 
@@ -52,14 +51,7 @@ def gateway(slow_manifests: Path) -> Iterator[tuple[subprocess.Popen[str], int]]
 
 
 def send_sleep(port: int, seconds: float) -> socket.socket:
-    body = json.dumps({"seconds": seconds}).encode()
-    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
-    connection.sendall(
-        b"POST /v1/do/slow/Sleep HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    return connection
+    return send_post(port, "/v1/do/slow/Sleep", {"seconds": seconds})
 
 
 def test_a_caller_that_hangs_up_stops_its_connector(gateway: tuple[subprocess.Popen[str], int]) -> None:
