@@ -15,12 +15,12 @@ import httpx2
 import pytest
 from starlette.types import Message
 
-from conftest import Protocol, make_settings
+from conftest import Protocol, make_settings, metric
 from gateway import create_app
 from gateway.admission import AdmissionLimits, Slots
 from gateway.errors import Saturated
 from gateway.settings import Settings
-from serving import children, free_port, metric, send_post, wait_for, wait_until_live
+from serving import children, free_port, send_post, wait_for, wait_until_live
 
 FAKE = Path(__file__).parent / "connectors" / "fake.py"
 

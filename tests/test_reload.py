@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from serving import Gateway, children, running, wait_for
+from conftest import Gateway, running
+from serving import children, wait_for
 
 FAKE = Path(__file__).parent / "connectors" / "fake.py"
 WORKER = Path(__file__).parent / "connectors" / "fake_worker.py"

@@ -15,9 +15,9 @@ import httpx2
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import Protocol, make_settings
+from conftest import Gateway, Protocol, make_settings, running
 from gateway import create_app
-from serving import Gateway, alive, running, wait_for
+from serving import alive, wait_for
 
 WORKER = Path(__file__).parent / "connectors" / "fake_worker.py"
 
