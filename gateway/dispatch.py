@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
-import math
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
@@ -32,6 +30,7 @@ from gateway.errors import (
     Saturated,
     UnsupportedMediaType,
 )
+from gateway.jsonlimits import FINITE_JSON, NotFinite
 from gateway.manifest import Command
 from gateway.params import prepare_payload, secret_values
 from gateway.redact import Redactor
@@ -189,19 +188,11 @@ def _encode_answer(answer: dict[str, Any], command_id: str, logs: list[str]) -> 
     # deeper than the encoder recurses or holding a lone surrogate escape, and that is its fault.
     try:
         return envelope.encode(answer)
-    except (RecursionError, UnicodeEncodeError, ValueError) as exc:
+    except (RecursionError, UnicodeEncodeError) as exc:
+        why = "it nests too deeply" if isinstance(exc, RecursionError) else "it holds a lone surrogate escape"
         raise InvalidOutput(
-            f"The connector for '{command_id}' printed JSON that cannot be sent on: {_unencodable(exc)}.", logs
+            f"The connector for '{command_id}' printed JSON that cannot be sent on: {why}.", logs
         ) from None
-
-
-def _unencodable(exc: Exception) -> str:
-    if isinstance(exc, RecursionError):
-        return "it nests too deeply"
-    if isinstance(exc, UnicodeEncodeError):  # a ValueError too
-        return "it holds a lone surrogate escape"
-    # The encoder refuses what the decoder made of a number past a float's range.
-    return "it holds a number too large for a double-precision float (such as 1e400)"
 
 
 class HangUps:
@@ -307,14 +298,14 @@ async def _read_json_object(
     except UnicodeDecodeError as exc:
         raise InvalidBody(f"The request body is not UTF-8 text (invalid byte at position {exc.start}).") from None
     try:
-        body = _BODY_DECODER.decode(text)
+        body = FINITE_JSON.decode(text)
     except RecursionError:
         raise InvalidBody("The request body is nested too deeply.") from None
-    except NotFinite:
-        raise InvalidBody(
-            "The request body holds a number too large for a double-precision float (such as 1e400)."
-        ) from None
     except ValueError as exc:
+        if isinstance(exc, NotFinite) and not exc.literal:
+            raise InvalidBody(
+                "The request body holds a number too large for a double-precision float (such as 1e400)."
+            ) from None
         raise InvalidBody(f"The request body is not valid JSON: {exc}.") from None
     if not isinstance(body, dict):
         raise InvalidBody(f"The request body must be a JSON object of parameters, got {_kind(body)}.")
@@ -350,21 +341,3 @@ def _too_large(limit: int) -> BodyTooLarge:
 
 def _kind(value: Any) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-class NotFinite(ValueError):
-    """A JSON number past the range of a float: it would be decoded as infinity, which JSON cannot send on."""
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise NotFinite(text)
-    return number
-
-
-_BODY_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)

@@ -23,7 +23,7 @@ from gateway.errors import (
     InvalidOutput,
     RequestError,
 )
-from gateway.jsonlimits import MAX_DEPTH, nests_deeper_than
+from gateway.jsonlimits import FINITE_JSON, MAX_DEPTH, NotFinite, nests_deeper_than
 from gateway.redact import Redactor
 from gateway.runner import Finished
 
@@ -115,7 +115,15 @@ def from_output(finished: Finished, command_id: str, redact: Redactor) -> dict[s
             logs,
         ) from None
     try:
-        value = _DECODER.decode(text)
+        value = FINITE_JSON.decode(text)
+    except NotFinite as exc:
+        if exc.literal:  # NaN and Infinity are no JSON: the output is text
+            return success({"raw_response": text}, logs)
+        raise InvalidOutput(
+            f"The connector for '{command_id}' printed JSON that cannot be sent on: it holds a number too large "
+            "for a double-precision float (such as 1e400).",
+            logs,
+        ) from None
     except (ValueError, RecursionError):
         return success({"raw_response": text}, logs)
     return from_value(value, logs, command_id, redact)
@@ -213,10 +221,5 @@ def _path(parts: Any) -> str:
     return ".".join(str(part) for part in parts) or "(top level)"
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# Made once: json.dumps and json.loads build a new encoder or decoder on every call given options.
+# Made once: json.dumps builds a new encoder on every call given options.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)

@@ -1,14 +1,19 @@
-"""How deep a connector's JSON answer may nest, checked on its bytes before it is parsed.
+"""The JSON the gateway takes in and can send on: how deep it may nest, and which numbers it holds.
 
 Python's JSON parser and encoder recurse once per level, and so do those of most
 callers: an answer nested a thousand levels deep parses in one process and fails
 in the next. Refusing deep answers keeps every answer readable by Arena, and
 costs next to nothing for the flat documents that make up nearly all traffic.
+Python also reads `NaN`, `Infinity` and numbers past a double's range (`1e400`),
+none of which JSON can carry on: `FINITE_JSON` refuses them as it reads.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
+from typing import Any
 
 MAX_DEPTH = 256
 
@@ -34,3 +39,27 @@ def _outside_strings(document: bytes | bytearray) -> bytes:
     # Once escaped backslashes and escaped quotes are gone, every other quote opens or closes a string.
     unescaped = document.replace(b"\\\\", b"").replace(b'\\"', b"")
     return b"".join(unescaped.split(b'"')[0::2])
+
+
+class NotFinite(ValueError):
+    """A number JSON cannot carry: a `NaN` or `Infinity` literal (`literal`, no JSON at all), or one past a
+    double's range, which Python would read as an infinity."""
+
+    def __init__(self, text: str, literal: bool) -> None:
+        super().__init__(f"{text} is not a JSON value" if literal else f"{text} is past a double's range")
+        self.literal = literal
+
+
+def _literal(name: str) -> Any:
+    raise NotFinite(name, literal=True)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise NotFinite(text, literal=False)
+    return number
+
+
+# Made once: json.loads builds a new decoder on every call given options.
+FINITE_JSON = json.JSONDecoder(parse_constant=_literal, parse_float=_finite)

@@ -14,7 +14,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import signal
 import sys
 import time
@@ -33,7 +32,7 @@ from gateway.errors import (
     InvalidOutput,
     OutputTooLarge,
 )
-from gateway.jsonlimits import MAX_DEPTH, nests_deeper_than
+from gateway.jsonlimits import FINITE_JSON, MAX_DEPTH, NotFinite, nests_deeper_than
 from gateway.manifest import Command, WorkerSettings
 from gateway.orphans import own_children
 from gateway.redact import Redactor
@@ -272,31 +271,12 @@ class Worker:
         return False
 
 
-class _NotFinite(ValueError):
-    """A number JSON cannot carry: NaN, an infinity, or one too large for a double, which reads as an infinity."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise _NotFinite(name)
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise _NotFinite(text)
-    return value
-
-
-# Made once: json.loads builds a new decoder on every call given options.
-_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite)
-
-
 def _parse(line: bytes) -> tuple[Any, bool]:
     """A worker's line as JSON, and whether it holds a number JSON cannot carry; ValueError if it is no JSON."""
     text = line.decode("utf-8", "surrogatepass")
     try:
-        return _STRICT_DECODER.decode(text), False
-    except _NotFinite:
+        return FINITE_JSON.decode(text), False
+    except NotFinite:
         return json.loads(text), True  # read again to learn which request it answers
 
 

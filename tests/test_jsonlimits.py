@@ -1,4 +1,4 @@
-"""The nesting limit on connectors' answers, counted on the bytes."""
+"""The JSON the gateway reads: the nesting limit on connectors' answers, counted on the bytes, and finite numbers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.jsonlimits import nests_deeper_than
+from gateway.jsonlimits import FINITE_JSON, NotFinite, nests_deeper_than
 
 
 def nested(depth: int) -> bytes:
@@ -34,3 +34,25 @@ def test_depth_is_counted_exactly(depth: int) -> None:
 )
 def test_brackets_inside_strings_do_not_count(document: bytes, deeper_than_one: bool) -> None:
     assert nests_deeper_than(document, limit=1) is deeper_than_one
+
+
+@pytest.mark.parametrize(
+    ("text", "literal"),
+    [("NaN", True), ("[Infinity]", True), ('{"a": -Infinity}', True), ("1e400", False), ('{"a": [-1E+309]}', False)],
+)
+def test_numbers_json_cannot_carry_are_refused_as_they_are_read(text: str, literal: bool) -> None:
+    with pytest.raises(NotFinite) as refused:
+        FINITE_JSON.decode(text)
+
+    assert refused.value.literal is literal
+
+
+def test_every_number_json_can_carry_is_read() -> None:
+    huge_integer = "1" + "0" * 400
+
+    assert FINITE_JSON.decode(f"[{huge_integer}, 1.7e308, -2.5e-320, 0.0]") == [
+        int(huge_integer),
+        1.7e308,
+        -2.5e-320,
+        0.0,
+    ]
