@@ -98,8 +98,7 @@ class Worker:
         self.started = time.monotonic()
         self.draining = False
         self.stuck = False  # stopped as soon as it holds nothing, see `Pool._note_expiry`
-        self.expired_in_a_row = 0
-        self.answered_at_last_expiry = 0
+        self.expired_in_a_row = 0  # requests that passed their deadline since it last answered one
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[None] = loop.create_future()
         self.pipes_closed: asyncio.Future[None] = loop.create_future()
@@ -184,7 +183,7 @@ class Worker:
             return
         if not_finite:
             # An answer all the same, to a request it holds: only that request fails.
-            self.answered += 1
+            self._count_answer()
             refusal = (
                 f"The {self.name} answered with a number JSON cannot carry "
                 "(NaN, an infinity or one beyond the range of a double)."
@@ -198,9 +197,13 @@ class Worker:
         if pending.stderr is not None:
             pending.stderr.close()
             answer.logs = [*answer.logs, *pending.stderr.logs()]
-        self.answered += 1
+        self._count_answer()
         if not pending.future.done():
             pending.future.set_result(answer)
+
+    def _count_answer(self) -> None:
+        self.answered += 1
+        self.expired_in_a_row = 0
 
     def on_stderr(self, data: bytes) -> None:
         holder = next(iter(self.pending.values()), None) if self.pool.settings.concurrency == 1 else None
@@ -545,9 +548,6 @@ class Pool:
         """
         if self.settings.concurrency == 1 or worker.stuck:
             return  # stopped by `_abandon` already, or to be stopped
-        if worker.answered != worker.answered_at_last_expiry:
-            worker.answered_at_last_expiry = worker.answered
-            worker.expired_in_a_row = 0
         worker.expired_in_a_row += 1
         if worker.expired_in_a_row < self.settings.concurrency:
             return
