@@ -53,6 +53,14 @@ class Protocol:
         else:
             self.validate(instance, "ConnectorProxyProtocolError")
 
+    def do(self, client: TestClient, command_id: str, body: Any, status: int = 200) -> dict[str, Any]:
+        """`POST /v1/do/{command_id}` with a JSON body: its answer, of the status expected, in the protocol's shape."""
+        response = client.post(f"/v1/do/{command_id}", json=body)
+        assert response.status_code == status, response.text
+        answer: dict[str, Any] = response.json()
+        self.validate_answer(status, answer)
+        return answer
+
 
 @pytest.fixture(scope="session")
 def protocol() -> Protocol:

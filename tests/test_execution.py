@@ -33,11 +33,7 @@ def client(client: TestClient) -> Iterator[TestClient]:
 
 
 def do(client: TestClient, protocol: Protocol, command: str, body: Any, status: int = 200) -> dict[str, Any]:
-    response = client.post(f"/v1/do/fake/{command}", json=body)
-    assert response.status_code == status, response.text
-    answer: dict[str, Any] = response.json()
-    protocol.validate_answer(status, answer)
-    return answer
+    return protocol.do(client, f"fake/{command}", body, status)
 
 
 def assert_failed(answer: dict[str, Any], code: str, status: int) -> str:

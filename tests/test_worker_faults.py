@@ -45,11 +45,7 @@ def logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixtur
 
 
 def do(client: TestClient, protocol: Protocol, body: dict[str, Any]) -> dict[str, Any]:
-    response = client.post("/v1/do/cf/Do", json=body)
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    protocol.validate_answer(200, answer)
-    return answer
+    return protocol.do(client, "cf/Do", body)
 
 
 def pid(client: TestClient, protocol: Protocol) -> int:

@@ -45,11 +45,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 
 
 def do(client: TestClient, protocol: Protocol, body: dict[str, Any], command: str = "Do") -> dict[str, Any]:
-    response = client.post(f"/v1/do/pool/{command}", json=body)
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    protocol.validate_answer(200, answer)
-    return answer
+    return protocol.do(client, f"pool/{command}", body)
 
 
 def pid(client: TestClient, protocol: Protocol) -> int:
