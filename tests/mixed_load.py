@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving import free_port, wait_until_live
+from serving import free_port, stop, wait_until_live
 
 FAKE_MANIFESTS = Path(__file__).resolve().parent / "manifests"
 WORKER_MANIFESTS = Path(__file__).resolve().parent / "manifests-load"
@@ -361,12 +361,7 @@ def started_gateway(workdir: Path, max_running: int = 64) -> Iterator[Gateway]:
         wait_until_live(port, process)
         yield Gateway(process, Target("127.0.0.1", port), log, str(marker))
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop(process, grace=15)
 
 
 def is_loopback(host: str) -> bool:

@@ -73,3 +73,13 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+def stop(process: subprocess.Popen[Any], grace: float = 10) -> None:
+    """SIGTERM, as a service manager would send it; SIGKILL if the process is still there after `grace` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from serving import free_port, wait_until_live
+from serving import free_port, stop, wait_until_live
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 EXAMPLE = REPOSITORY / "examples" / "go-connector"
@@ -154,12 +154,7 @@ def gateway(request: pytest.FixtureRequest, built: Path, tmp_path_factory: pytes
             raise AssertionError(f"{error}\n{gateway.log()}") from None
         yield gateway
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop(process)
 
 
 def spiff_keys(task_id: str | None = None) -> dict[str, Any]:
